@@ -1,0 +1,146 @@
+"""The selector's data shapes: node types, variants, registry entries and selection results."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class NodeType(StrEnum):
+    """The four ONEX node types."""
+
+    EFFECT = "effect"
+    COMPUTE = "compute"
+    REDUCER = "reducer"
+    ORCHESTRATOR = "orchestrator"
+
+    @property
+    def onex_name(self) -> str:
+        """The name ONEX contracts use for this node type, e.g. ``EFFECT_GENERIC``."""
+        return f"{self.name}_GENERIC"
+
+
+class Variant(StrEnum):
+    """The built-in variants. Custom variants are plain strings validated against the registry."""
+
+    MINIMAL = "minimal"
+    STANDARD = "standard"
+    PRODUCTION = "production"
+    DATABASE_HEAVY = "database_heavy"
+    API_HEAVY = "api_heavy"
+    KAFKA_HEAVY = "kafka_heavy"
+    ML_INFERENCE = "ml_inference"
+    ANALYTICS = "analytics"
+    WORKFLOW = "workflow"
+
+
+class Tier(StrEnum):
+    """General-purpose variants, chosen by size and hardening when no domain is signalled."""
+
+    MINIMAL = "minimal"
+    STANDARD = "standard"
+    PRODUCTION = "production"
+
+
+class TagCategory(StrEnum):
+    """What a non-domain feature tag signals."""
+
+    PRODUCTION = "production"
+    BASIC = "basic"
+    SHARED = "shared"
+
+
+_Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=50)]
+
+
+class OperationRange(BaseModel):
+    """How many operations the variant is designed for (informational, never enforced)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min: int = Field(ge=0)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OperationRange:
+        if self.min > self.max:
+            raise ValueError(f"operations.min ({self.min}) exceeds operations.max ({self.max})")
+        return self
+
+
+class Domain(BaseModel):
+    """The domain a specialised variant serves, and where it stands in tie-breaks."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: _Identifier
+    # Lower wins a tie between domains of equal strength that are nobody's home domain.
+    priority: int
+    # Node types for which this domain wins every tie.
+    home_for: tuple[NodeType, ...] = ()
+
+
+class VariantSpec(BaseModel):
+    """One registry entry: everything the selector and the template know about a variant."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: _Identifier
+    title: str
+    summary: str
+    supported_node_types: tuple[NodeType, ...] = Field(min_length=1)
+    operations: OperationRange
+    features: tuple[str, ...]
+    mixins: tuple[_Identifier, ...]
+    patterns: tuple[str, ...]
+    complexity: int = Field(ge=1, le=5)
+    performance: dict[str, str]
+    prerequisites: tuple[str, ...]
+    services: tuple[_Identifier, ...] = ()
+    # Exactly one of these two: a tier variant or a domain variant.
+    tier: Tier | None = None
+    domain: Domain | None = None
+    # Domain vocabulary: entry -> other spellings of the same meaning.
+    signals: dict[_Identifier, tuple[_Identifier, ...]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _tier_or_domain(self) -> VariantSpec:
+        if (self.tier is None) == (self.domain is None):
+            raise ValueError(f"variant {self.name!r} must set exactly one of 'tier' or 'domain'")
+        if self.domain is not None and not self.signals:
+            raise ValueError(f"domain variant {self.name!r} needs at least one entry in 'signals'")
+        if self.tier is not None and self.signals:
+            raise ValueError(f"tier variant {self.name!r} must not declare 'signals'")
+        if self.tier is not None and self.tier.value != self.name:
+            raise ValueError(f"tier variant {self.name!r} must be named after its tier")
+        return self
+
+    def supports(self, node_type: NodeType) -> bool:
+        return node_type in self.supported_node_types
+
+
+class RankedVariant(BaseModel):
+    """A compatible variant with its score and why it got it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    variant: str
+    score: float
+    reason: str
+
+
+class SelectionResult(BaseModel):
+    """What ``select`` returns."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node_type: NodeType
+    variant: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    rationale: str
+    matched_features: dict[str, str]
+    alternatives: tuple[RankedVariant, ...]
+    warnings: tuple[str, ...]
+    selector_version: str

@@ -1,0 +1,129 @@
+"""The variant registry: YAML data under ``variants/``, validated by the models at load time.
+
+Adding a variant means dropping a ``variants/<name>.yaml`` file (and its template partials);
+no scoring code changes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from selector.models import NodeType, TagCategory, Tier, VariantSpec
+from selector.vocabulary import Lexicon
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_VARIANTS_DIR = PACKAGE_DIR / "variants"
+DEFAULT_VOCABULARY_FILE = PACKAGE_DIR / "vocabulary.yaml"
+
+
+class RegistryError(ValueError):
+    """The registry data is inconsistent; the message names the file and the field."""
+
+
+class Registry:
+    """All known variants plus the lexicon of feature tags built from them."""
+
+    def __init__(self, variants: Iterable[VariantSpec], shared_vocabulary: Mapping[str, Any]) -> None:
+        self.variants: dict[str, VariantSpec] = {}
+        for spec in variants:
+            if spec.name in self.variants:
+                raise RegistryError(f"variant {spec.name!r} is defined twice")
+            self.variants[spec.name] = spec
+        missing_tiers = {t.value for t in Tier} - set(self.variants)
+        if missing_tiers:
+            raise RegistryError(f"tier variants missing from the registry: {sorted(missing_tiers)}")
+
+        self.domains = sorted(
+            (s for s in self.variants.values() if s.domain is not None),
+            key=lambda s: (s.domain.priority if s.domain else 0, s.name),
+        )
+        seen: dict[str, str] = {}
+        for spec in self.domains:
+            assert spec.domain is not None
+            if spec.domain.name in {c.value for c in TagCategory}:
+                raise RegistryError(f"{spec.name}: domain name {spec.domain.name!r} is reserved")
+            if spec.domain.name in seen:
+                raise RegistryError(
+                    f"{spec.name} and {seen[spec.domain.name]} both claim domain {spec.domain.name!r}"
+                )
+            seen[spec.domain.name] = spec.name
+        self.variant_for_domain = {spec.domain.name: spec for spec in self.domains if spec.domain}
+        # Presentation order: tiers from small to large, then domains in tie-break order.
+        tiers = [self.variants[t.value] for t in Tier]
+        self.variants = {spec.name: spec for spec in (*tiers, *self.domains)}
+
+        categories: dict[str, tuple[str, Mapping[str, tuple[str, ...]]]] = {}
+        for category in TagCategory:
+            words = shared_vocabulary.get(category.value) or {}
+            categories[category.value] = (
+                "tier",
+                {entry: tuple(aliases or ()) for entry, aliases in words.items()},
+            )
+        unknown = set(shared_vocabulary) - {c.value for c in TagCategory}
+        if unknown:
+            raise RegistryError(f"vocabulary.yaml: unknown categories {sorted(unknown)}")
+        for spec in self.domains:
+            assert spec.domain is not None
+            categories[spec.domain.name] = ("domain", spec.signals)
+        try:
+            self.lexicon = Lexicon(categories)
+        except ValueError as exc:
+            raise RegistryError(str(exc)) from exc
+
+    def get(self, name: str) -> VariantSpec:
+        try:
+            return self.variants[name]
+        except KeyError:
+            raise KeyError(
+                f"unknown variant {name!r}; known variants: {', '.join(self.variants)}"
+            ) from None
+
+    def compatible(self, node_type: NodeType) -> list[VariantSpec]:
+        return [spec for spec in self.variants.values() if spec.supports(node_type)]
+
+    def matrix(self) -> dict[str, tuple[NodeType, ...]]:
+        return {name: spec.supported_node_types for name, spec in self.variants.items()}
+
+    def vocabulary(self) -> dict[str, list[str]]:
+        """Category -> vocabulary entries, for help texts and documentation."""
+        grouped: dict[str, list[str]] = {}
+        for meaning in self.lexicon.spellings().values():
+            entries = grouped.setdefault(meaning.category, [])
+            if meaning.entry not in entries:
+                entries.append(meaning.entry)
+        return grouped
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def load_registry(
+    variants_dir: Path = DEFAULT_VARIANTS_DIR, vocabulary_file: Path = DEFAULT_VOCABULARY_FILE
+) -> Registry:
+    """Read and validate every ``*.yaml`` file in ``variants_dir``."""
+    specs = []
+    for path in sorted(variants_dir.glob("*.yaml")):
+        try:
+            spec = VariantSpec.model_validate(_read_yaml(path))
+        except ValidationError as exc:
+            raise RegistryError(f"{path}: {exc}") from exc
+        if spec.name != path.stem:
+            raise RegistryError(f"{path}: 'name' is {spec.name!r}, expected {path.stem!r}")
+        specs.append(spec)
+    return Registry(specs, _read_yaml(vocabulary_file) or {})
+
+
+@functools.cache
+def default_registry() -> Registry:
+    """The registry shipped with this template, loaded once per process."""
+    return load_registry()
