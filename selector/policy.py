@@ -50,6 +50,10 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+
 def _listed(entries: Sequence[str]) -> str:
     return f" ({', '.join(entries)})" if entries else ""
 
@@ -216,7 +220,7 @@ def select(
         runner_strength = strengths.get(runner.name, 0) if runner else 0
         rationale = (
             f"{winner.name}: {_plural(strength, winner.domain.name + ' tag')}{_listed(entries)} "
-            f"{'signal' if strength > 1 else 'signals'} it for a {kind.value} node"
+            f"{'signal' if strength > 1 else 'signals'} it for {_a(kind.value)} node"
         )
         if runner is not None and runner.domain is not None:
             versus = f"{runner.domain.name} ({_plural(runner_strength, 'tag')})"

@@ -20,6 +20,7 @@ from selector.vocabulary import Lexicon
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_VARIANTS_DIR = PACKAGE_DIR / "variants"
 DEFAULT_VOCABULARY_FILE = PACKAGE_DIR / "vocabulary.yaml"
+DEFAULT_MIXINS_FILE = PACKAGE_DIR / "mixins.yaml"
 
 
 class RegistryError(ValueError):
@@ -29,11 +30,23 @@ class RegistryError(ValueError):
 class Registry:
     """All known variants plus the lexicon of feature tags built from them."""
 
-    def __init__(self, variants: Iterable[VariantSpec], shared_vocabulary: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        variants: Iterable[VariantSpec],
+        shared_vocabulary: Mapping[str, Any],
+        mixins: Mapping[str, str],
+    ) -> None:
+        self.mixins: dict[str, str] = dict(mixins)
         self.variants: dict[str, VariantSpec] = {}
         for spec in variants:
             if spec.name in self.variants:
                 raise RegistryError(f"variant {spec.name!r} is defined twice")
+            unknown_mixins = [m for m in spec.mixins if m not in self.mixins]
+            if unknown_mixins:
+                raise RegistryError(
+                    f"variant {spec.name!r} suggests unknown mixins {unknown_mixins}; "
+                    f"known: {', '.join(self.mixins)}"
+                )
             self.variants[spec.name] = spec
         missing_tiers = {t.value for t in Tier} - set(self.variants)
         if missing_tiers:
@@ -108,7 +121,9 @@ def _read_yaml(path: Path) -> Any:
 
 
 def load_registry(
-    variants_dir: Path = DEFAULT_VARIANTS_DIR, vocabulary_file: Path = DEFAULT_VOCABULARY_FILE
+    variants_dir: Path = DEFAULT_VARIANTS_DIR,
+    vocabulary_file: Path = DEFAULT_VOCABULARY_FILE,
+    mixins_file: Path = DEFAULT_MIXINS_FILE,
 ) -> Registry:
     """Read and validate every ``*.yaml`` file in ``variants_dir``."""
     specs = []
@@ -120,7 +135,10 @@ def load_registry(
         if spec.name != path.stem:
             raise RegistryError(f"{path}: 'name' is {spec.name!r}, expected {path.stem!r}")
         specs.append(spec)
-    return Registry(specs, _read_yaml(vocabulary_file) or {})
+    mixins = _read_yaml(mixins_file) or {}
+    if not isinstance(mixins, dict) or not all(isinstance(v, str) for v in mixins.values()):
+        raise RegistryError(f"{mixins_file}: expected a mapping of mixin name to description")
+    return Registry(specs, _read_yaml(vocabulary_file) or {}, mixins)
 
 
 @functools.cache

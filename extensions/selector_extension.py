@@ -1,0 +1,52 @@
+"""Jinja adapter that exposes the variant selector to Copier. No logic lives here."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment
+from jinja2.ext import Extension
+
+_TEMPLATE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _fresh_selector() -> Any:
+    """Import ``selector`` from this template checkout.
+
+    ``copier update`` renders the old and the new template version in one process; without
+    dropping the already-imported modules, the new version would run the old selector.
+    """
+    for name in [m for m in sys.modules if m == "selector" or m.startswith("selector.")]:
+        del sys.modules[name]
+    if _TEMPLATE_ROOT in sys.path:
+        sys.path.remove(_TEMPLATE_ROOT)
+    sys.path.insert(0, _TEMPLATE_ROOT)
+    return importlib.import_module("selector.questionnaire")
+
+
+class SelectorExtension(Extension):
+    """Adds ``onex_*`` globals and filters backed by ``selector``."""
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        questionnaire = _fresh_selector()
+        validation = importlib.import_module("selector.validation")
+        version = importlib.import_module("selector.version").SELECTOR_VERSION
+        environment.globals.update(
+            onex_recommend=questionnaire.recommend,
+            onex_variant_choices=questionnaire.variant_choices,
+            onex_variant_help=questionnaire.variant_help,
+            onex_suggested_mixins=questionnaire.suggested_mixins,
+            onex_mixin_choices=questionnaire.mixin_choices,
+            onex_vocabulary_help=questionnaire.vocabulary_help,
+            onex_variant_spec=questionnaire.variant_spec,
+            onex_node_type_name=questionnaire.onex_node_type,
+            onex_node_name_problem=validation.node_name_problem,
+            onex_operations_problem=validation.operations_problem,
+            onex_features_problem=validation.features_problem,
+            onex_mixins_problem=validation.mixins_problem,
+            onex_selector_version=version,
+        )

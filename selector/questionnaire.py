@@ -1,0 +1,85 @@
+"""What the Copier questionnaire shows, computed from the registry and the policy.
+
+Returns plain strings (YAML where Copier parses YAML) so that the Jinja adapter in
+``extensions/`` only forwards calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from selector.models import NodeType, SelectionResult
+from selector.policy import select
+from selector.registry import Registry, default_registry
+from selector.validation import operations_problem, variant_problem
+
+
+def _dump(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=2**31).strip()
+
+
+def recommend(node_type: str, operations: Any, features: Any) -> SelectionResult:
+    """The selector's recommendation for answers that may still be incomplete."""
+    ops = [] if operations_problem(operations) else list(operations)
+    tags = [str(tag) for tag in features] if isinstance(features, Iterable) else []
+    if isinstance(features, str):
+        tags = []
+    return select(node_type, ops, tags)
+
+
+def variant_choices(node_type: str, recommended: str, registry: Registry | None = None) -> str:
+    """Every variant as a Copier choice; those that do not fit the node type are disabled with
+    the reason, so that both the prompt and ``--data variant=...`` explain the refusal."""
+    registry = registry or default_registry()
+    choices: dict[str, dict[str, str]] = {}
+    for name, spec in registry.variants.items():
+        label = f"{name}: {spec.summary}"
+        if name == recommended:
+            label = f"{name} (recommended): {spec.summary}"
+        choices[label] = {"value": name, "validator": variant_problem(name, node_type, registry)}
+    return _dump(choices)
+
+
+def variant_help(result: SelectionResult) -> str:
+    lines = [
+        "Node variant. "
+        f"Recommended: {result.variant} (confidence {result.confidence:.2f}). {result.rationale}"
+    ]
+    lines += [f"Note: {warning}" for warning in result.warnings]
+    return "\n".join(lines)
+
+
+def suggested_mixins(variant: str, registry: Registry | None = None) -> str:
+    registry = registry or default_registry()
+    spec = registry.variants.get(variant)
+    return _dump(list(spec.mixins) if spec else [])
+
+
+def mixin_choices(registry: Registry | None = None) -> str:
+    registry = registry or default_registry()
+    return _dump({f"{name}: {about}": name for name, about in registry.mixins.items()})
+
+
+def vocabulary_help(registry: Registry | None = None) -> str:
+    registry = registry or default_registry()
+    groups = [f"  {category}: {', '.join(entries)}" for category, entries in registry.vocabulary().items()]
+    return "\n".join(
+        [
+            "Feature tags as a YAML list, e.g. [postgres, retries]. Known tags (synonyms and",
+            "other tags are accepted; unknown ones are ignored with a warning):",
+            *groups,
+        ]
+    )
+
+
+def onex_node_type(node_type: str) -> str:
+    return NodeType(node_type).onex_name
+
+
+def variant_spec(variant: str, registry: Registry | None = None) -> dict[str, Any]:
+    """The registry entry as plain data, for templates."""
+    registry = registry or default_registry()
+    return registry.get(variant).model_dump(mode="json")

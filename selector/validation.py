@@ -1,0 +1,134 @@
+"""Checks of questionnaire answers. Each returns an empty string when the answer is fine and
+otherwise one sentence naming the question and what would be accepted (Copier shows it at the
+prompt and writes nothing)."""
+
+from __future__ import annotations
+
+import keyword
+import re
+import sys
+from collections.abc import Iterable
+
+from selector.models import NodeType
+from selector.registry import Registry, default_registry
+
+MAX_NAME_LENGTH = 50
+MAX_OPERATIONS = 50
+# Operation names become method and model names; past this length generated lines outgrow
+# the 100-column limit the rendered node is formatted to.
+MAX_OPERATION_LENGTH = 32
+_SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
+# Names that would shadow something a node imports or that tools treat specially.
+# Methods every rendered node class has; an operation of the same name would replace one.
+NODE_METHODS = frozenset(
+    {"start", "stop", "run", "close", "health", "liveness", "readiness", "execute", "config"}
+)
+_RESERVED = frozenset({"test", "tests", "src", "setup", "conftest", "site", "node", "models"})
+
+
+def _identifier_problem(question: str, value: object, limit: int = MAX_NAME_LENGTH) -> str:
+    if not isinstance(value, str) or not value:
+        return f"{question} must be a non-empty snake_case name such as 'fetch_user'"
+    if "/" in value or "\\" in value or value.startswith(".") or ".." in value:
+        return f"{question} {value!r} looks like a path; use a snake_case name such as 'fetch_user'"
+    if len(value) > limit:
+        return f"{question} {value!r} is {len(value)} characters; at most {limit} allowed"
+    if not _SNAKE_CASE.match(value):
+        return (
+            f"{question} {value!r} is not snake_case: use lower-case letters, digits and single "
+            "underscores, starting with a letter (e.g. 'fetch_user')"
+        )
+    if keyword.iskeyword(value) or keyword.issoftkeyword(value):
+        return f"{question} {value!r} is a Python keyword; pick another name"
+    return ""
+
+
+def node_name_problem(value: object) -> str:
+    """Why ``value`` cannot be a node (and Python package) name, or ``""``."""
+    problem = _identifier_problem("node_name", value)
+    if problem:
+        return problem
+    assert isinstance(value, str)
+    if value in sys.stdlib_module_names:
+        return (
+            f"node_name {value!r} is a standard-library module and would shadow it; "
+            f"try '{value}_node'"
+        )
+    if value in _RESERVED:
+        return f"node_name {value!r} is reserved by the node layout; try '{value}_node'"
+    return ""
+
+
+def operations_problem(value: object) -> str:
+    """Why ``value`` is not a valid list of operations, or ``""``."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return (
+            "operations must be a list of snake_case names, e.g. [fetch_user, store_user] "
+            f"(got {value!r})"
+        )
+    ops = list(value)
+    if not ops:
+        return "operations must list at least one operation, e.g. [process]"
+    if len(ops) > MAX_OPERATIONS:
+        return f"operations lists {len(ops)} names; at most {MAX_OPERATIONS} are allowed"
+    seen: set[str] = set()
+    for op in ops:
+        problem = _identifier_problem("operation", op, MAX_OPERATION_LENGTH)
+        if problem:
+            return f"operations: {problem}"
+        assert isinstance(op, str)
+        if op in seen:
+            return f"operations: {op!r} is listed twice; operation names must be unique"
+        if op in NODE_METHODS:
+            return f"operations: {op!r} clashes with a method every node has; rename it"
+        seen.add(op)
+    return ""
+
+
+def features_problem(value: object) -> str:
+    """Why ``value`` is not a list of feature tags, or ``""`` (unknown tags are fine)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return f"features must be a list of tags, e.g. [postgres, retries] (got {value!r})"
+    for tag in value:
+        if not isinstance(tag, str) or not tag.strip():
+            return f"features: every tag must be a non-empty string (got {tag!r})"
+    return ""
+
+
+def variant_problem(
+    variant: object, node_type: object, registry: Registry | None = None
+) -> str:
+    """Why ``variant`` cannot be used for ``node_type``, or ``""``."""
+    registry = registry or default_registry()
+    try:
+        kind = NodeType(str(node_type))
+    except ValueError:
+        return f"node_type {node_type!r} is not one of: {', '.join(t.value for t in NodeType)}"
+    compatible = [spec.name for spec in registry.compatible(kind)]
+    if variant not in registry.variants:
+        return f"variant {variant!r} is unknown; for a {kind.value} node choose one of: " + ", ".join(
+            compatible
+        )
+    if variant not in compatible:
+        spec = registry.get(str(variant))
+        fits = ", ".join(t.value for t in spec.supported_node_types)
+        return (
+            f"variant {variant!r} does not support {kind.value} nodes (it supports {fits}); "
+            f"for a {kind.value} node choose one of: {', '.join(compatible)}"
+        )
+    return ""
+
+
+def mixins_problem(value: object, registry: Registry | None = None) -> str:
+    """Why ``value`` is not a list of known mixins, or ``""``."""
+    allowed = list((registry or default_registry()).mixins)
+    if value is None:
+        return ""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return f"mixins must be a list drawn from: {', '.join(allowed)}"
+    for name in value:
+        if name not in allowed:
+            return f"mixins: {name!r} is not a mixin; choose from: {', '.join(allowed)}"
+    return ""
