@@ -75,7 +75,7 @@ class Registry:
         for category in TagCategory:
             words = shared_vocabulary.get(category.value) or {}
             categories[category.value] = (
-                "tier",
+                "vocabulary.yaml",
                 {entry: tuple(aliases or ()) for entry, aliases in words.items()},
             )
         unknown = set(shared_vocabulary) - {c.value for c in TagCategory}
@@ -83,7 +83,7 @@ class Registry:
             raise RegistryError(f"vocabulary.yaml: unknown categories {sorted(unknown)}")
         for spec in self.domains:
             assert spec.domain is not None
-            categories[spec.domain.name] = ("domain", spec.signals)
+            categories[spec.domain.name] = (f"variants/{spec.name}.yaml", spec.signals)
         try:
             self.lexicon = Lexicon(categories)
         except ValueError as exc:

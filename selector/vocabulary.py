@@ -49,10 +49,14 @@ class Lexicon:
     normalising a tag costs a few microseconds.
     """
 
-    def __init__(self, entries: Mapping[str, tuple[str, Mapping[str, tuple[str, ...]]]]) -> None:
-        """``entries``: category -> (kind, {entry: aliases}); kind is informational."""
+    def __init__(
+        self,
+        entries: Mapping[str, tuple[str, Mapping[str, tuple[str, ...]]]],
+    ) -> None:
+        """``entries``: category -> (source, {entry: aliases}); source names the declaring file."""
         exact: dict[str, Meaning] = {}
-        for category, (_kind, words) in entries.items():
+        sources = {category: source for category, (source, _) in entries.items()}
+        for category, (_source, words) in entries.items():
             for entry, aliases in words.items():
                 for spelling in (entry, *aliases):
                     key = canonical_spelling(spelling)
@@ -61,7 +65,8 @@ class Lexicon:
                     if previous != meaning:
                         raise ValueError(
                             f"feature tag {spelling!r} is claimed by both "
-                            f"{previous.category}:{previous.entry} and {category}:{entry}"
+                            f"{previous.category}:{previous.entry} ({sources[previous.category]}) "
+                            f"and {category}:{entry} ({sources[category]})"
                         )
         compact: dict[str, Meaning | None] = {}
         for key, meaning in exact.items():

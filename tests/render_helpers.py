@@ -1,0 +1,78 @@
+"""Helpers to render nodes with Copier and run a rendered node's own checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import copier
+
+from tests.conftest import REPO_ROOT
+
+
+def render(destination: Path, answers: Mapping[str, Any]) -> Path:
+    """Render the template (working tree included) into ``destination`` with ``answers``."""
+    copier.run_copy(
+        str(REPO_ROOT),
+        str(destination),
+        data=dict(answers),
+        defaults=True,
+        unsafe=True,
+        vcs_ref="HEAD",
+        quiet=True,
+    )
+    return destination
+
+
+def run_checked(
+    args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        list(args),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"`{' '.join(args)}` failed in {cwd} (exit {result.returncode}):\n"
+            f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def make_node_env(root: Path) -> Path:
+    """A virtual environment that sees this environment's packages, for installing nodes."""
+    env_dir = root / "node-env"
+    if not env_dir.exists():
+        run_checked([sys.executable, "-m", "venv", "--system-site-packages", str(env_dir)], root)
+    return env_dir / "bin" / "python"
+
+
+def install_nodes(python: Path, nodes: Sequence[Path]) -> None:
+    """Install every node with its dev extra in one pip run (deps are already present)."""
+    args = [str(python), "-m", "pip", "install", "--quiet", "--no-build-isolation"]
+    for node in nodes:
+        args += ["-e", f"{node}[dev]"]
+    run_checked(args, nodes[0].parent, timeout=1200)
+
+
+def check_node(python: Path, node: Path, mypy_cache: Path) -> None:
+    """The rendered node's own quality bar: ruff, ruff format, mypy --strict, pytest."""
+    env = {"PYTHONDONTWRITEBYTECODE": "1", "MYPY_CACHE_DIR": str(mypy_cache)}
+    run_checked([str(python), "-m", "ruff", "check", "--no-cache", "."], node, env)
+    run_checked([str(python), "-m", "ruff", "format", "--no-cache", "--check", "."], node, env)
+    run_checked([str(python), "-m", "mypy", "--strict", "src"], node, env)
+    result = run_checked(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs"], node, env
+    )
+    assert " passed" in result.stdout
+    # A skipped test in a rendered node is a failure here: every check must really run.
+    assert "skipped" not in result.stdout, result.stdout

@@ -1,0 +1,122 @@
+"""The Copier questionnaire: validators stop bad answers before anything is written, the
+selector's recommendation becomes the default, and any answer text survives rendering."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import REPO_ROOT
+from tests.render_helpers import render
+
+BASE = {"node_name": "sample_node"}
+
+
+@pytest.mark.parametrize(
+    ("answers", "question", "fragment"),
+    [
+        ({"node_name": "class"}, "node_name", "Python keyword"),
+        ({"node_name": "os"}, "node_name", "standard-library module"),
+        ({"node_name": "../escape"}, "node_name", "looks like a path"),
+        ({"node_name": "a/b"}, "node_name", "looks like a path"),
+        ({"node_name": "Bad-Name"}, "node_name", "not snake_case"),
+        ({"operations": []}, "operations", "at least one"),
+        ({"operations": ["a", "a"]}, "operations", "listed twice"),
+        ({"operations": ["not valid"]}, "operations", "not snake_case"),
+        ({"variant": "workflow"}, "variant", "does not support effect nodes"),
+        ({"node_type": "compute", "variant": "database_heavy"}, "variant", "supports effect, reducer"),
+        ({"variant": "turbo"}, "variant", "is not in"),
+        ({"mixins": ["teleport"]}, "mixins", "is not in"),
+        ({"node_type": "gateway"}, "node_type", "is not in"),
+        ({"author_email": "nobody"}, "author_email", "name@domain"),
+    ],
+)
+def test_bad_answers_are_refused_and_nothing_is_written(
+    tmp_path: Path, answers: dict[str, Any], question: str, fragment: str
+) -> None:
+    destination = tmp_path / "node"
+    with pytest.raises(ValueError, match=question) as caught:
+        render(destination, {**BASE, **answers})
+    assert fragment in str(caught.value)
+    assert not destination.exists() or not any(destination.iterdir())
+
+
+def test_the_recommendation_is_the_default_variant_and_is_stored(tmp_path: Path) -> None:
+    node = render(
+        tmp_path / "node",
+        {**BASE, "node_type": "reducer", "features": ["p95", "histograms", "retries"]},
+    )
+    answers = yaml.safe_load((node / ".copier-answers.yml").read_text())
+    assert answers["variant"] == "analytics"
+    assert answers["features"] == ["p95", "histograms", "retries"]
+    contract = yaml.safe_load((node / "contract.yaml").read_text())
+    assert contract["variant"]["name"] == "analytics"
+    assert contract["variant"]["recommended"] == "analytics"
+    assert contract["variant"]["selector_version"]
+    assert contract["node_type"] == "REDUCER_GENERIC"
+
+
+def test_an_override_is_kept_and_the_recommendation_recorded(tmp_path: Path) -> None:
+    node = render(tmp_path / "node", {**BASE, "features": ["postgres"], "variant": "production"})
+    contract = yaml.safe_load((node / "contract.yaml").read_text())
+    assert contract["variant"]["name"] == "production"
+    assert contract["variant"]["recommended"] == "database_heavy"
+    answers = yaml.safe_load((node / ".copier-answers.yml").read_text())
+    assert answers["mixins"] == [
+        "structured_logging", "metrics", "health", "circuit_breaker", "retry", "tracing",
+        "events", "lifecycle",
+    ]
+
+
+def test_cli_copy_prints_the_selection(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "copier", "copy", "--trust", "--defaults", "--vcs-ref", "HEAD",
+            "--data", "node_name=cli_node", "--data", "features=[kafka, dlq]",
+            str(REPO_ROOT), str(tmp_path / "cli_node"),
+        ],
+        capture_output=True, text=True, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "as variant 'kafka_heavy'" in out.stdout + out.stderr
+    assert "Selector recommended kafka_heavy (confidence" in out.stdout + out.stderr
+
+
+awkward_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    max_size=60,
+).map(lambda s: s + " {{ x }} {% if %} \\ \"'\n é")
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(description=awkward_text, author=awkward_text)
+def test_any_answer_text_survives_rendering(
+    tmp_path_factory: pytest.TempPathFactory, description: str, author: str
+) -> None:
+    node = render(
+        tmp_path_factory.mktemp("awkward") / "node",
+        {**BASE, "description": description, "author_name": author, "variant": "production"},
+    )
+    for path in (node / "src").rglob("*.py"):
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for path in [*(node / "tests").rglob("*.py")]:
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    pyproject = tomllib.loads((node / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["authors"][0]["name"] == author
+    assert pyproject["project"]["description"] == " ".join(description.split())
+    contract = yaml.safe_load((node / "contract.yaml").read_text(encoding="utf-8"))
+    assert contract["description"] == description
+    answers = yaml.safe_load((node / ".copier-answers.yml").read_text(encoding="utf-8"))
+    assert answers["description"] == description
+    node_module = ast.parse((node / "src" / "sample_node" / "node.py").read_text(encoding="utf-8"))
+    literals = [n.value for n in ast.walk(node_module) if isinstance(n, ast.Constant)]
+    assert description in literals

@@ -1,0 +1,117 @@
+"""Render every compatible (node type, variant) pair and every mixin choice, install them into
+one virtual environment, and run each node's own ruff, mypy and pytest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selector import default_registry
+from tests.render_helpers import check_node, install_nodes, make_node_env, render
+
+REGISTRY = default_registry()
+ALL_MIXINS = list(REGISTRY.mixins)
+
+PAIRS = [
+    (variant, node_type.value)
+    for variant, spec in REGISTRY.variants.items()
+    for node_type in spec.supported_node_types
+]
+# Mixin answers beyond the variants' own: none, all, each alone, all but each. Mixins do not
+# import each other, so these cover every interaction the runtime wires.
+MIXIN_SETS = {
+    "none": [],
+    "all": ALL_MIXINS,
+    **{f"only_{m}": [m] for m in ALL_MIXINS},
+    **{f"all_but_{m}": [x for x in ALL_MIXINS if x != m] for m in ALL_MIXINS},
+}
+NODE_TYPE_FOR_MIXINS = ["effect", "compute", "reducer", "orchestrator"]
+
+
+def pair_answers(variant: str, node_type: str) -> dict[str, Any]:
+    return {
+        "node_name": f"{variant}_{node_type}",
+        "node_type": node_type,
+        "variant": variant,
+        "operations": ["fetch_item", "store_item"],
+        "description": f"A {variant} {node_type} node rendered by the template's tests.",
+    }
+
+
+def mixin_answers(label: str, index: int) -> dict[str, Any]:
+    node_type = NODE_TYPE_FOR_MIXINS[index % len(NODE_TYPE_FOR_MIXINS)]
+    return {
+        "node_name": f"mix_{label}",
+        "node_type": node_type,
+        "variant": "production",
+        "mixins": MIXIN_SETS[label],
+        "operations": ["handle"],
+    }
+
+
+@pytest.fixture(scope="session")
+def rendered_nodes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("nodes")
+    nodes: dict[str, Path] = {}
+    for variant, node_type in PAIRS:
+        answers = pair_answers(variant, node_type)
+        nodes[answers["node_name"]] = render(root / answers["node_name"], answers)
+    for index, label in enumerate(MIXIN_SETS):
+        answers = mixin_answers(label, index)
+        nodes[answers["node_name"]] = render(root / answers["node_name"], answers)
+    return nodes
+
+
+@pytest.fixture(scope="session")
+def node_python(rendered_nodes: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    python = make_node_env(tmp_path_factory.mktemp("env"))
+    install_nodes(python, list(rendered_nodes.values()))
+    return python
+
+
+@pytest.fixture(scope="session")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mypy-cache")
+
+
+def test_all_24_pairs_are_compatible() -> None:
+    assert len(PAIRS) == 24
+
+
+@pytest.mark.render
+@pytest.mark.parametrize(("variant", "node_type"), PAIRS, ids=[f"{v}-{t}" for v, t in PAIRS])
+def test_rendered_pair_passes_its_own_checks(
+    variant: str,
+    node_type: str,
+    rendered_nodes: dict[str, Path],
+    node_python: Path,
+    mypy_cache: Path,
+) -> None:
+    node = rendered_nodes[f"{variant}_{node_type}"]
+    spec = REGISTRY.get(variant)
+    package = node / "src" / f"{variant}_{node_type}"
+    shipped = {p.stem for p in (package / "mixins").glob("*.py")} - {"__init__"}
+    assert shipped == set(spec.mixins)
+    check_node(node_python, node, mypy_cache)
+
+
+@pytest.mark.render
+@pytest.mark.parametrize("label", list(MIXIN_SETS))
+def test_every_mixin_choice_renders_and_passes(
+    label: str, rendered_nodes: dict[str, Path], node_python: Path, mypy_cache: Path
+) -> None:
+    node = rendered_nodes[f"mix_{label}"]
+    mixins_dir = node / "src" / f"mix_{label}" / "mixins"
+    shipped = {p.stem for p in mixins_dir.glob("*.py")} - {"__init__"}
+    assert shipped == set(MIXIN_SETS[label])
+    assert mixins_dir.exists() == bool(MIXIN_SETS[label])
+    check_node(node_python, node, mypy_cache)
+
+
+def test_mixins_are_copied_verbatim(rendered_nodes: dict[str, Path]) -> None:
+    mixins_dir = rendered_nodes["mix_all"] / "src" / "mix_all" / "mixins"
+    for name in ALL_MIXINS:
+        source = Path(__file__).resolve().parent.parent / "mixins" / f"{name}.py"
+        assert (mixins_dir / f"{name}.py").read_bytes() == source.read_bytes(), name

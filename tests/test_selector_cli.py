@@ -1,0 +1,82 @@
+"""The selector's command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import CASES_IN_REPO, REPO_ROOT
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "selector", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_select_prints_the_variant_and_rationale() -> None:
+    out = run("select", "--node-type", "effect", "--operations", "a,b", "--features", "postgres,retries")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("database_heavy (confidence ")
+    assert "postgres" in out.stdout
+
+
+def test_select_json_is_the_full_result() -> None:
+    out = run("select", "--node-type", "reducer", "--features", "p95,histogram", "--json")
+    data = json.loads(out.stdout)
+    assert data["variant"] == "analytics"
+    assert {"confidence", "rationale", "matched_features", "alternatives", "warnings"} <= set(data)
+
+
+def test_batch_reads_and_writes_one_json_object_a_line(tmp_path: Path) -> None:
+    out = run("select", "--batch", str(CASES_IN_REPO))
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    expected = [json.loads(line) for line in CASES_IN_REPO.read_text().splitlines() if line.strip()]
+    assert [line["id"] for line in lines] == [case["id"] for case in expected]
+    assert [line["variant"] for line in lines] == [case["expected"] for case in expected]
+    assert set(lines[0]) == {"id", "variant", "confidence", "rationale", "warnings"}
+
+
+def test_batch_reports_bad_lines_and_keeps_going(tmp_path: Path) -> None:
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(
+        '{"id": "ok", "node_type": "effect", "operations": [], "features": []}\n'
+        '{"id": "bad", "node_type": "gateway", "operations": [], "features": []}\n'
+        "not json\n"
+    )
+    out = run("select", "--batch", str(cases))
+    assert out.returncode == 1
+    assert [json.loads(line)["id"] for line in out.stdout.splitlines()] == ["ok"]
+    assert "cases.jsonl:2: node_type 'gateway'" in out.stderr
+    assert "cases.jsonl:3:" in out.stderr
+
+
+def test_explain_ranks_every_compatible_variant() -> None:
+    out = run("explain", "--node-type", "orchestrator", "--features", "saga,http")
+    assert out.returncode == 0, out.stderr
+    for variant in ("workflow", "api_heavy", "kafka_heavy", "minimal", "standard", "production"):
+        assert variant in out.stdout
+    assert "database_heavy" not in out.stdout
+    assert out.stdout.index("workflow") < out.stdout.index("api_heavy")
+
+
+def test_variants_prints_the_compatibility_matrix() -> None:
+    out = run("variants", "--vocabulary")
+    assert out.returncode == 0, out.stderr
+    workflow_row = next(line for line in out.stdout.splitlines() if "workflow " in line)
+    assert workflow_row.count("yes") == 1
+    assert "circuit_breaker" in out.stdout
+
+
+def test_select_without_node_type_is_an_error() -> None:
+    out = run("select", "--features", "x")
+    assert out.returncode == 2
+    assert "--node-type is required" in out.stderr
