@@ -2,7 +2,7 @@
 one of the registered variants. Plain Python; knows nothing of Copier."""
 
 from selector.models import NodeType, RankedVariant, SelectionResult, Variant, VariantSpec
-from selector.policy import select
+from selector.policy import explain, select
 from selector.registry import Registry, RegistryError, default_registry, load_registry
 from selector.version import SELECTOR_VERSION
 
@@ -18,6 +18,7 @@ __all__ = [
     "Variant",
     "VariantSpec",
     "default_registry",
+    "explain",
     "load_registry",
     "select",
 ]

@@ -12,8 +12,8 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from selector.models import NodeType, SelectionResult
-from selector.policy import select
+from selector.models import NodeType, RankedVariant, SelectionResult
+from selector.policy import explain, select
 from selector.registry import default_registry
 
 
@@ -89,15 +89,17 @@ def _print_result(result: SelectionResult, console: Console) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
-def _explain(result: SelectionResult, console: Console) -> None:
+def _explain(
+    result: SelectionResult, rows: list[tuple[RankedVariant, str]], console: Console
+) -> None:
     table = Table(title=f"Variants for a {result.node_type.value} node", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("variant")
     table.add_column("score", justify="right")
     table.add_column("reason")
-    for rank, alt in enumerate(result.alternatives, start=1):
+    for rank, (alt, reason) in enumerate(rows, start=1):
         style = "bold green" if alt.variant == result.variant else ""
-        table.add_row(str(rank), alt.variant, f"{alt.score:.2f}", alt.reason, style=style)
+        table.add_row(str(rank), alt.variant, f"{alt.score:.2f}", reason, style=style)
     console.print(table)
     _print_result(result, console)
 
@@ -129,10 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.node_type is None:
         print("error: --node-type is required unless --batch is given", file=sys.stderr)
         return 2
-    result = select(args.node_type, args.operations, args.features)
     if args.command == "explain":
-        _explain(result, console)
-    elif args.json:
+        result, rows = explain(args.node_type, args.operations, args.features)
+        _explain(result, rows, console)
+        return 0
+    result = select(args.node_type, args.operations, args.features)
+    if args.json:
         print(result.model_dump_json(indent=2))
     else:
         _print_result(result, console)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 
 class NodeType(StrEnum):
@@ -121,14 +121,15 @@ class VariantSpec(BaseModel):
         return node_type in self.supported_node_types
 
 
-class RankedVariant(BaseModel):
-    """A compatible variant with its score and why it got it."""
+class RankedVariant(NamedTuple):
+    """A compatible variant with its score (``selector.policy.explain`` adds the reasons).
 
-    model_config = ConfigDict(frozen=True)
+    A named tuple rather than a model: the selector builds up to nine per call, and a model's
+    construction cost would triple its latency. ``SelectionResult`` serialises them as objects.
+    """
 
     variant: str
     score: float
-    reason: str
 
 
 class SelectionResult(BaseModel):
@@ -144,3 +145,9 @@ class SelectionResult(BaseModel):
     alternatives: tuple[RankedVariant, ...]
     warnings: tuple[str, ...]
     selector_version: str
+
+    @field_serializer("alternatives")
+    def _alternatives_as_objects(
+        self, alternatives: tuple[RankedVariant, ...]
+    ) -> list[dict[str, str | float]]:
+        return [alt._asdict() for alt in alternatives]

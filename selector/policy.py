@@ -22,17 +22,20 @@ from selector.models import (
     SelectionResult,
     TagCategory,
     Tier,
-    VariantSpec,
 )
-from selector.registry import Registry, default_registry
+from selector.registry import DomainSlot, Registry, default_registry
 from selector.version import SELECTOR_VERSION
 
 PRODUCTION_MIN_OPERATIONS = 6
 PRODUCTION_MIN_TAGS = 2
 MINIMAL_MAX_OPERATIONS = 2
+# Plain strings: hashing a StrEnum member costs more than the lookup it keys.
+_PRODUCTION = TagCategory.PRODUCTION.value
+_BASIC = TagCategory.BASIC.value
 
 
-@dataclass(frozen=True, slots=True)
+# Internal records are plain slotted dataclasses: frozen ones cost a microsecond per field.
+@dataclass(slots=True)
 class _Evidence:
     """The tags of a request, sorted by what they signal."""
 
@@ -58,7 +61,13 @@ def _listed(entries: Sequence[str]) -> str:
     return f" ({', '.join(entries)})" if entries else ""
 
 
+_NODE_TYPES: dict[object, NodeType] = {t.value: t for t in NodeType}
+
+
 def coerce_node_type(node_type: NodeType | str) -> NodeType:
+    known = _NODE_TYPES.get(node_type)
+    if known is not None:
+        return known
     try:
         return NodeType(str(node_type).strip().lower())
     except ValueError:
@@ -71,6 +80,8 @@ def _as_list(values: Iterable[str] | str | None) -> list[str]:
         return []
     if isinstance(values, str):
         return [part.strip() for part in values.split(",") if part.strip()]
+    if isinstance(values, list | tuple) and all(type(v) is str for v in values):
+        return list(values)
     return [str(v) for v in values]
 
 
@@ -93,10 +104,10 @@ def _gather(
     return _Evidence(node_type, len(operations), by_category, matched, unknown)
 
 
-def _tier_fits(ev: _Evidence) -> dict[Tier, float]:
+def _tier_fits(ev: _Evidence) -> dict[str, float]:
     """How well each tier fits, in [0, 1]; exactly the tier the policy picks scores 1.0."""
-    production_tags = len(ev.entries(TagCategory.PRODUCTION))
-    basic_tags = len(ev.entries(TagCategory.BASIC))
+    production_tags = len(ev.by_category.get(_PRODUCTION, ()))
+    basic_tags = len(ev.by_category.get(_BASIC, ()))
     production = min(
         1.0,
         max(ev.operations / PRODUCTION_MIN_OPERATIONS, production_tags / PRODUCTION_MIN_TAGS),
@@ -106,12 +117,16 @@ def _tier_fits(ev: _Evidence) -> dict[Tier, float]:
     if production >= 1.0:
         minimal = min(minimal, 0.0)
     standard = 1.0 if production < 1.0 and minimal < 1.0 else 0.5
-    return {Tier.PRODUCTION: production, Tier.MINIMAL: minimal, Tier.STANDARD: standard}
+    return {
+        "production": round(production, 3),
+        "minimal": round(minimal, 3),
+        "standard": standard,
+    }
 
 
 def _tier_reason(tier: Tier, ev: _Evidence) -> str:
-    production_tags = ev.entries(TagCategory.PRODUCTION)
-    basic_tags = ev.entries(TagCategory.BASIC)
+    production_tags = ev.entries(_PRODUCTION)
+    basic_tags = ev.entries(_BASIC)
     ops = _plural(ev.operations, "operation")
     if tier is Tier.PRODUCTION:
         reasons = []
@@ -158,6 +173,100 @@ def _confidence_from_margin(winner: float, runner_up: float) -> float:
     return round(0.5 + 0.5 * max(0.0, winner - runner_up) / (winner + 1.0), 3)
 
 
+@dataclass(slots=True)
+class _Decision:
+    kind: NodeType
+    evidence: _Evidence
+    chosen: str
+    order: tuple[DomainSlot | str, ...]  # every compatible variant, best first
+    strengths: dict[str, int]
+    fits: dict[str, float]
+    rationale: str
+    confidence: float
+    warnings: tuple[str, ...]
+
+    def ranked(self) -> list[RankedVariant]:
+        fits, strengths = self.fits, self.strengths
+        return [
+            RankedVariant(item, fits[item])
+            if item.__class__ is str
+            else RankedVariant(item.variant, float(strengths.get(item.variant, 0)))  # type: ignore[union-attr]
+            for item in self.order
+        ]
+
+
+def _decide(
+    registry: Registry,
+    node_type: NodeType | str,
+    operations: Iterable[str] | str | None,
+    features: Iterable[str] | str | None,
+) -> _Decision:
+    kind = coerce_node_type(node_type)
+    plan = registry.plans[kind]
+    ev = _gather(registry, kind, _as_list(operations), _as_list(features))
+    warnings = [
+        f"unknown feature tag {tag!r} ignored (see `python -m selector variants --vocabulary`)"
+        for tag in ev.unknown
+    ]
+
+    # Domain strengths, keeping only domains whose variant fits this node type.
+    strengths: dict[str, int] = {}
+    compatible: list[DomainSlot] = []
+    for slot in plan.domains:
+        entries = ev.by_category.get(slot.domain)
+        if slot.supported:
+            compatible.append(slot)
+            if entries:
+                strengths[slot.variant] = len(entries)
+        elif entries:
+            warnings.append(
+                f"{slot.domain} tags{_listed(entries)} ignored: {slot.variant} does not "
+                f"support {kind.value} nodes; node type {slot.fits} would fit it"
+            )
+    fits = _tier_fits(ev)
+    tier_order = sorted(plan.tiers, key=fits.__getitem__, reverse=True)
+    order: tuple[DomainSlot | str, ...]
+
+    if strengths:
+        # Stable sort: equal strengths keep the plan's tie-break order.
+        ranked = sorted(compatible, key=lambda slot: strengths.get(slot.variant, 0), reverse=True)
+        winner = ranked[0]
+        strength = strengths[winner.variant]
+        runner = ranked[1] if len(ranked) > 1 and ranked[1].variant in strengths else None
+        runner_strength = strengths[runner.variant] if runner else 0
+        rationale = (
+            f"{winner.variant}: {_plural(strength, winner.domain + ' tag')}"
+            f"{_listed(ev.entries(winner.domain))} "
+            f"{'signal' if strength > 1 else 'signals'} it for {_a(kind.value)} node"
+        )
+        if runner is not None:
+            versus = f"{runner.domain} ({_plural(runner_strength, 'tag')})"
+            if runner_strength == strength:
+                why = (
+                    f"as the {kind.value} node's home domain"
+                    if winner.home
+                    else "as the first in domain order"
+                )
+                rationale += f"; it ties with {versus} and wins {why}"
+            else:
+                rationale += f", ahead of {versus}"
+        rationale += "."
+        confidence = _confidence_from_margin(strength, runner_strength)
+        signalled = [slot for slot in ranked if slot.variant in strengths]
+        silent = [slot for slot in ranked if slot.variant not in strengths]
+        order = (*signalled, *tier_order, *silent)
+        chosen = winner.variant
+    else:
+        chosen = tier_order[0]
+        no_domain = "no domain tag fits" if len(warnings) > len(ev.unknown) else "no domain tag"
+        rationale = f"{chosen}: {_tier_reason(Tier(chosen), ev)}, and {no_domain}."
+        confidence = round(1.0 - max(fits[name] for name in tier_order[1:]) / 2.0, 3)
+        order = (*tier_order, *compatible)
+    return _Decision(
+        kind, ev, chosen, order, strengths, fits, rationale, confidence, tuple(warnings)
+    )
+
+
 def select(
     node_type: NodeType | str,
     operations: Iterable[str] | str | None = (),
@@ -170,109 +279,41 @@ def select(
     ``operations`` and ``features`` are sequences of strings (a comma-separated string is also
     accepted). Unknown feature tags never raise: they are reported in ``warnings``.
     """
-    registry = registry or default_registry()
-    kind = coerce_node_type(node_type)
-    ev = _gather(registry, kind, _as_list(operations), _as_list(features))
-    warnings = [
-        f"unknown feature tag {tag!r} ignored (see `python -m selector variants --vocabulary`)"
-        for tag in ev.unknown
-    ]
-
-    # Domain strengths, keeping only domains whose variant fits this node type.
-    strengths: dict[str, int] = {}
-    for spec in registry.domains:
-        assert spec.domain is not None
-        entries = ev.entries(spec.domain.name)
-        if not entries:
-            continue
-        if spec.supports(kind):
-            strengths[spec.name] = len(entries)
-        else:
-            fits = " or ".join(t.value for t in spec.supported_node_types)
-            warnings.append(
-                f"{spec.domain.name} tags{_listed(entries)} ignored: {spec.name} does not "
-                f"support {kind.value} nodes; node type {fits} would fit it"
-            )
-
-    def home(spec: VariantSpec) -> bool:
-        return spec.domain is not None and kind in spec.domain.home_for
-
-    def domain_key(spec: VariantSpec) -> tuple[int, bool, int]:
-        assert spec.domain is not None
-        return (strengths.get(spec.name, 0), home(spec), -spec.domain.priority)
-
-    compatible_domains = [s for s in registry.domains if s.supports(kind)]
-    ranked_domains = sorted(compatible_domains, key=domain_key, reverse=True)
-    fits = _tier_fits(ev)
-    tier_order = sorted(
-        (registry.get(t.value) for t in Tier if registry.get(t.value).supports(kind)),
-        key=lambda s: fits[Tier(s.name)],
-        reverse=True,
-    )
-
-    alternatives: list[RankedVariant] = []
-    if strengths:
-        winner = ranked_domains[0]
-        assert winner.domain is not None
-        strength = strengths[winner.name]
-        entries = ev.entries(winner.domain.name)
-        runner = next((s for s in ranked_domains[1:] if strengths.get(s.name)), None)
-        runner_strength = strengths.get(runner.name, 0) if runner else 0
-        rationale = (
-            f"{winner.name}: {_plural(strength, winner.domain.name + ' tag')}{_listed(entries)} "
-            f"{'signal' if strength > 1 else 'signals'} it for {_a(kind.value)} node"
-        )
-        if runner is not None and runner.domain is not None:
-            versus = f"{runner.domain.name} ({_plural(runner_strength, 'tag')})"
-            if runner_strength == strength:
-                why = (
-                    f"as the {kind.value} node's home domain"
-                    if home(winner)
-                    else "as the first in domain order"
-                )
-                rationale += f"; it ties with {versus} and wins {why}"
-            else:
-                rationale += f", ahead of {versus}"
-        rationale += "."
-        confidence = _confidence_from_margin(strength, runner_strength)
-        ordered = [*(s for s in ranked_domains if strengths.get(s.name)), *tier_order]
-        ordered += [s for s in ranked_domains if not strengths.get(s.name)]
-    else:
-        winner = tier_order[0]
-        tier = Tier(winner.name)
-        no_domain = "no domain tag fits" if any("ignored:" in w for w in warnings) else "no domain tag"
-        rationale = f"{winner.name}: {_tier_reason(tier, ev)}, and {no_domain}."
-        runner_fit = max(fits[Tier(s.name)] for s in tier_order[1:])
-        confidence = round(1.0 - runner_fit / 2.0, 3)
-        ordered = [*tier_order, *ranked_domains]
-
-    for spec in ordered:
-        if spec.domain is not None:
-            strength = strengths.get(spec.name, 0)
-            entries = ev.entries(spec.domain.name)
-            reason = (
-                f"{_plural(strength, spec.domain.name + ' tag')}{_listed(entries)}"
-                if strength
-                else f"no {spec.domain.name} tags"
-            )
-            if strength and home(spec):
-                reason += f"; home domain of {kind.value} nodes"
-            alternatives.append(RankedVariant(variant=spec.name, score=float(strength), reason=reason))
-        else:
-            tier = Tier(spec.name)
-            alternatives.append(
-                RankedVariant(
-                    variant=spec.name, score=round(fits[tier], 3), reason=_tier_reason(tier, ev)
-                )
-            )
-
+    decision = _decide(registry or default_registry(), node_type, operations, features)
+    alternatives = decision.ranked()
     return SelectionResult(
-        node_type=kind,
-        variant=winner.name,
-        confidence=confidence,
-        rationale=rationale,
-        matched_features=ev.matched,
+        node_type=decision.kind,
+        variant=decision.chosen,
+        confidence=decision.confidence,
+        rationale=decision.rationale,
+        matched_features=decision.evidence.matched,
         alternatives=tuple(alternatives),
-        warnings=tuple(warnings),
+        warnings=decision.warnings,
         selector_version=SELECTOR_VERSION,
     )
+
+
+def explain(
+    node_type: NodeType | str,
+    operations: Iterable[str] | str | None = (),
+    features: Iterable[str] | str | None = (),
+    *,
+    registry: Registry | None = None,
+) -> tuple[SelectionResult, list[tuple[RankedVariant, str]]]:
+    """``select`` plus, for every compatible variant in rank order, why it scored what it did."""
+    registry = registry or default_registry()
+    result = select(node_type, operations, features, registry=registry)
+    decision = _decide(registry, node_type, operations, features)
+    ev, kind = decision.evidence, decision.kind
+    rows: list[tuple[RankedVariant, str]] = []
+    for item, ranked in zip(decision.order, result.alternatives, strict=True):
+        if isinstance(item, str):
+            reason = _tier_reason(Tier(item), ev)
+        elif strength := decision.strengths.get(item.variant, 0):
+            reason = f"{_plural(strength, item.domain + ' tag')}{_listed(ev.entries(item.domain))}"
+            if item.home:
+                reason += f"; home domain of {kind.value} nodes"
+        else:
+            reason = f"no {item.domain} tags"
+        rows.append((ranked, reason))
+    return result, rows

@@ -65,7 +65,9 @@ def mixin_choices(registry: Registry | None = None) -> str:
 
 def vocabulary_help(registry: Registry | None = None) -> str:
     registry = registry or default_registry()
-    groups = [f"  {category}: {', '.join(entries)}" for category, entries in registry.vocabulary().items()]
+    groups = [
+        f"  {category}: {', '.join(entries)}" for category, entries in registry.vocabulary().items()
+    ]
     return "\n".join(
         [
             "Feature tags as a YAML list, e.g. [postgres, retries]. Known tags (synonyms and",

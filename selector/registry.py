@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,25 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_VARIANTS_DIR = PACKAGE_DIR / "variants"
 DEFAULT_VOCABULARY_FILE = PACKAGE_DIR / "vocabulary.yaml"
 DEFAULT_MIXINS_FILE = PACKAGE_DIR / "mixins.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSlot:
+    """A domain variant as the policy sees it for one node type."""
+
+    variant: str
+    domain: str
+    home: bool
+    supported: bool
+    fits: str  # the node types it supports, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTypePlan:
+    """What the policy needs about the registry for one node type, worked out at load."""
+
+    domains: tuple[DomainSlot, ...]  # tie-break order: home domain first, then by priority
+    tiers: tuple[str, ...]  # compatible tier variants, smallest first
 
 
 class RegistryError(ValueError):
@@ -63,7 +83,8 @@ class Registry:
                 raise RegistryError(f"{spec.name}: domain name {spec.domain.name!r} is reserved")
             if spec.domain.name in seen:
                 raise RegistryError(
-                    f"{spec.name} and {seen[spec.domain.name]} both claim domain {spec.domain.name!r}"
+                    f"{spec.name} and {seen[spec.domain.name]} both claim "
+                    f"domain {spec.domain.name!r}"
                 )
             seen[spec.domain.name] = spec.name
         self.variant_for_domain = {spec.domain.name: spec for spec in self.domains if spec.domain}
@@ -88,6 +109,24 @@ class Registry:
             self.lexicon = Lexicon(categories)
         except ValueError as exc:
             raise RegistryError(str(exc)) from exc
+        self.plans = {kind: self._plan(kind) for kind in NodeType}
+
+    def _plan(self, kind: NodeType) -> NodeTypePlan:
+        slots = []
+        for spec in self.domains:
+            assert spec.domain is not None
+            slots.append(
+                DomainSlot(
+                    variant=spec.name,
+                    domain=spec.domain.name,
+                    home=kind in spec.domain.home_for,
+                    supported=spec.supports(kind),
+                    fits=" or ".join(t.value for t in spec.supported_node_types),
+                )
+            )
+        slots.sort(key=lambda slot: not slot.home)  # stable: priority order otherwise kept
+        tiers = tuple(t.value for t in Tier if self.variants[t.value].supports(kind))
+        return NodeTypePlan(tuple(slots), tiers)
 
     def get(self, name: str) -> VariantSpec:
         try:

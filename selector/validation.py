@@ -97,9 +97,7 @@ def features_problem(value: object) -> str:
     return ""
 
 
-def variant_problem(
-    variant: object, node_type: object, registry: Registry | None = None
-) -> str:
+def variant_problem(variant: object, node_type: object, registry: Registry | None = None) -> str:
     """Why ``variant`` cannot be used for ``node_type``, or ``""``."""
     registry = registry or default_registry()
     try:
@@ -108,8 +106,9 @@ def variant_problem(
         return f"node_type {node_type!r} is not one of: {', '.join(t.value for t in NodeType)}"
     compatible = [spec.name for spec in registry.compatible(kind)]
     if variant not in registry.variants:
-        return f"variant {variant!r} is unknown; for a {kind.value} node choose one of: " + ", ".join(
-            compatible
+        return (
+            f"variant {variant!r} is unknown; for a {kind.value} node choose one of: "
+            + ", ".join(compatible)
         )
     if variant not in compatible:
         spec = registry.get(str(variant))

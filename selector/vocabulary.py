@@ -86,7 +86,8 @@ class Lexicon:
 
     def lookup(self, raw: str) -> Meaning | None:
         """The meaning of a tag as typed, or ``None`` when it is not in the vocabulary."""
-        return self._resolve(canonical_spelling(raw))
+        meaning = self._exact.get(raw)  # most tags arrive already in canonical spelling
+        return meaning if meaning is not None else self._resolve(canonical_spelling(raw))
 
     def _resolve(self, spelling: str) -> Meaning | None:
         for candidate in self._candidates(spelling):

@@ -33,7 +33,11 @@ BASE = {"node_name": "sample_node"}
         ({"operations": ["a", "a"]}, "operations", "listed twice"),
         ({"operations": ["not valid"]}, "operations", "not snake_case"),
         ({"variant": "workflow"}, "variant", "does not support effect nodes"),
-        ({"node_type": "compute", "variant": "database_heavy"}, "variant", "supports effect, reducer"),
+        (
+            {"node_type": "compute", "variant": "database_heavy"},
+            "variant",
+            "supports effect, reducer",
+        ),
         ({"variant": "turbo"}, "variant", "is not in"),
         ({"mixins": ["teleport"]}, "mixins", "is not in"),
         ({"node_type": "gateway"}, "node_type", "is not in"),
@@ -72,19 +76,38 @@ def test_an_override_is_kept_and_the_recommendation_recorded(tmp_path: Path) -> 
     assert contract["variant"]["recommended"] == "database_heavy"
     answers = yaml.safe_load((node / ".copier-answers.yml").read_text())
     assert answers["mixins"] == [
-        "structured_logging", "metrics", "health", "circuit_breaker", "retry", "tracing",
-        "events", "lifecycle",
+        "structured_logging",
+        "metrics",
+        "health",
+        "circuit_breaker",
+        "retry",
+        "tracing",
+        "events",
+        "lifecycle",
     ]
 
 
 def test_cli_copy_prints_the_selection(tmp_path: Path) -> None:
     out = subprocess.run(
         [
-            sys.executable, "-m", "copier", "copy", "--trust", "--defaults", "--vcs-ref", "HEAD",
-            "--data", "node_name=cli_node", "--data", "features=[kafka, dlq]",
-            str(REPO_ROOT), str(tmp_path / "cli_node"),
+            sys.executable,
+            "-m",
+            "copier",
+            "copy",
+            "--trust",
+            "--defaults",
+            "--vcs-ref",
+            "HEAD",
+            "--data",
+            "node_name=cli_node",
+            "--data",
+            "features=[kafka, dlq]",
+            str(REPO_ROOT),
+            str(tmp_path / "cli_node"),
         ],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     assert "as variant 'kafka_heavy'" in out.stdout + out.stderr
@@ -97,7 +120,9 @@ awkward_text = st.text(
 ).map(lambda s: s + " {{ x }} {% if %} \\ \"'\n é")
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(description=awkward_text, author=awkward_text)
 def test_any_answer_text_survives_rendering(
     tmp_path_factory: pytest.TempPathFactory, description: str, author: str

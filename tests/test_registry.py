@@ -60,7 +60,9 @@ def test_a_custom_variant_is_scored_like_the_built_in_ones(tmp_path: Path) -> No
     }
     (variants / "search_heavy.yaml").write_text(yaml.safe_dump(entry))
     registry = load_registry(variants, DEFAULT_VOCABULARY_FILE, DEFAULT_MIXINS_FILE)
-    result = select(NodeType.EFFECT, ["a"], ["Elasticsearch", "full-text search"], registry=registry)
+    result = select(
+        NodeType.EFFECT, ["a"], ["Elasticsearch", "full-text search"], registry=registry
+    )
     assert result.variant == "search_heavy"
     # Ties go to the earlier domain: database (priority 10) beats search (70).
     tie = select(NodeType.EFFECT, ["a"], ["elasticsearch", "postgres"], registry=registry)

@@ -41,10 +41,23 @@ def test_result_fields() -> None:
     result = select("effect", ["a", "b", "c"], ["postgres", "retries", "sql", "wibble"])
     assert result.variant == Variant.DATABASE_HEAVY
     assert 0.5 < result.confidence <= 1.0
-    assert "postgres" in result.rationale and "sql" in result.rationale
-    assert result.matched_features == {"postgres": "database", "retries": "production", "sql": "database"}
+    assert "postgres" in result.rationale
+    assert "sql" in result.rationale
+    assert result.matched_features == {
+        "postgres": "database",
+        "retries": "production",
+        "sql": "database",
+    }
     assert [w for w in result.warnings if "wibble" in w]
-    compatible = {"minimal", "standard", "production", "database_heavy", "api_heavy", "kafka_heavy", "ml_inference"}
+    compatible = {
+        "minimal",
+        "standard",
+        "production",
+        "database_heavy",
+        "api_heavy",
+        "kafka_heavy",
+        "ml_inference",
+    }
     assert {alt.variant for alt in result.alternatives} == compatible
     assert result.alternatives[0].variant == result.variant
     scores = [alt.score for alt in result.alternatives[:4]]
@@ -108,7 +121,8 @@ def test_unknown_tags_are_ignored_with_a_warning(tag: str) -> None:
     result = select("effect", ["a"], [tag])
     assert result.variant == "minimal"
     assert result.matched_features == {}
-    assert len(result.warnings) == 1 and repr(tag) in result.warnings[0]
+    assert len(result.warnings) == 1
+    assert repr(tag) in result.warnings[0]
 
 
 def test_the_same_meaning_twice_counts_once() -> None:

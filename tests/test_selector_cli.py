@@ -22,7 +22,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_select_prints_the_variant_and_rationale() -> None:
-    out = run("select", "--node-type", "effect", "--operations", "a,b", "--features", "postgres,retries")
+    out = run(
+        "select", "--node-type", "effect", "--operations", "a,b", "--features", "postgres,retries"
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("database_heavy (confidence ")
     assert "postgres" in out.stdout
