@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -49,11 +50,19 @@ def run_checked(
 
 
 def make_node_env(root: Path) -> Path:
-    """A virtual environment that sees this environment's packages, for installing nodes."""
+    """A virtual environment layered over this one, for installing rendered nodes.
+
+    A `.pth` file puts this environment's site-packages on the new one's path, so the nodes'
+    dependencies resolve without downloads while the nodes themselves stay out of it.
+    """
     env_dir = root / "node-env"
-    if not env_dir.exists():
-        run_checked([sys.executable, "-m", "venv", "--system-site-packages", str(env_dir)], root)
-    return env_dir / "bin" / "python"
+    run_checked([sys.executable, "-m", "venv", str(env_dir)], root)
+    python = env_dir / "bin" / "python"
+    target = run_checked(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root
+    ).stdout.strip()
+    (Path(target) / "_template_test_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
 
 
 def install_nodes(python: Path, nodes: Sequence[Path]) -> None:

@@ -142,6 +142,5 @@ def test_any_answer_text_survives_rendering(
     assert contract["description"] == description
     answers = yaml.safe_load((node / ".copier-answers.yml").read_text(encoding="utf-8"))
     assert answers["description"] == description
-    node_module = ast.parse((node / "src" / "sample_node" / "node.py").read_text(encoding="utf-8"))
-    literals = [n.value for n in ast.walk(node_module) if isinstance(n, ast.Constant)]
-    assert description in literals
+    assert pyproject["tool"]["onex"]["description"] == description
+    assert description in (node / "README.md").read_text(encoding="utf-8")

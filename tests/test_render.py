@@ -28,6 +28,13 @@ MIXIN_SETS = {
     **{f"all_but_{m}": [x for x in ALL_MIXINS if x != m] for m in ALL_MIXINS},
 }
 NODE_TYPE_FOR_MIXINS = ["effect", "compute", "reducer", "orchestrator"]
+# The longest names the questionnaire accepts: generated lines must still fit ruff's limits.
+LONGEST_NAME = "n" * 40 + "_long_name"  # 50 characters
+LONGEST_OPERATIONS = ["o" * 26 + f"_op_{i}" for i in range(3)]  # 32 characters each
+LONG_NAME_CASES = [
+    (node_type, f"{LONGEST_NAME[: 50 - len(node_type) - 1]}_{node_type}")
+    for node_type in NODE_TYPE_FOR_MIXINS
+]
 
 
 def pair_answers(variant: str, node_type: str) -> dict[str, Any]:
@@ -61,6 +68,14 @@ def rendered_nodes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for index, label in enumerate(MIXIN_SETS):
         answers = mixin_answers(label, index)
         nodes[answers["node_name"]] = render(root / answers["node_name"], answers)
+    for node_type, name in LONG_NAME_CASES:
+        answers = {
+            "node_name": name,
+            "node_type": node_type,
+            "variant": "production",
+            "operations": LONGEST_OPERATIONS,
+        }
+        nodes[name] = render(root / name, answers)
     return nodes
 
 
@@ -108,6 +123,15 @@ def test_every_mixin_choice_renders_and_passes(
     assert shipped == set(MIXIN_SETS[label])
     assert mixins_dir.exists() == bool(MIXIN_SETS[label])
     check_node(node_python, node, mypy_cache)
+
+
+@pytest.mark.render
+@pytest.mark.parametrize(("node_type", "name"), LONG_NAME_CASES)
+def test_longest_names_still_pass_lint_and_format(
+    node_type: str, name: str, rendered_nodes: dict[str, Path], node_python: Path, mypy_cache: Path
+) -> None:
+    assert len(name) == 50
+    check_node(node_python, rendered_nodes[name], mypy_cache)
 
 
 def test_mixins_are_copied_verbatim(rendered_nodes: dict[str, Path]) -> None:

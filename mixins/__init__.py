@@ -1,0 +1,1 @@
+"""Mixin modules copied verbatim into rendered nodes. Each is independent of the others."""
