@@ -35,6 +35,12 @@ class SelectorExtension(Extension):
         questionnaire = _fresh_selector()
         validation = importlib.import_module("selector.validation")
         version = importlib.import_module("selector.version").SELECTOR_VERSION
+        literals = importlib.import_module("selector.literals")
+        environment.filters.update(
+            python_str=literals.python_str,
+            toml_str=literals.toml_str,
+            yaml_str=literals.yaml_str,
+        )
         environment.globals.update(
             onex_recommend=questionnaire.recommend,
             onex_variant_choices=questionnaire.variant_choices,

@@ -121,7 +121,7 @@ awkward_text = st.text(
 
 
 @settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(description=awkward_text, author=awkward_text)
 def test_any_answer_text_survives_rendering(
@@ -144,3 +144,6 @@ def test_any_answer_text_survives_rendering(
     assert answers["description"] == description
     assert pyproject["tool"]["onex"]["description"] == description
     assert description in (node / "README.md").read_text(encoding="utf-8")
+    node_module = ast.parse((node / "src" / "sample_node" / "node.py").read_text(encoding="utf-8"))
+    literals = [n.value for n in ast.walk(node_module) if isinstance(n, ast.Constant)]
+    assert description in literals

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from selector import default_registry
-from tests.render_helpers import check_node, install_nodes, make_node_env, render
+from tests.render_helpers import check_node, install_nodes, make_node_env
 
 REGISTRY = default_registry()
 ALL_MIXINS = list(REGISTRY.mixins)
@@ -59,23 +59,25 @@ def mixin_answers(label: str, index: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def rendered_nodes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("nodes")
-    nodes: dict[str, Path] = {}
-    for variant, node_type in PAIRS:
-        answers = pair_answers(variant, node_type)
-        nodes[answers["node_name"]] = render(root / answers["node_name"], answers)
-    for index, label in enumerate(MIXIN_SETS):
-        answers = mixin_answers(label, index)
-        nodes[answers["node_name"]] = render(root / answers["node_name"], answers)
-    for node_type, name in LONG_NAME_CASES:
-        answers = {
+def rendered_nodes(copie_session: Any) -> dict[str, Path]:
+    """Every node of this module, rendered once per test session with pytest-copie."""
+    answer_sets = [pair_answers(variant, node_type) for variant, node_type in PAIRS]
+    answer_sets += [mixin_answers(label, index) for index, label in enumerate(MIXIN_SETS)]
+    answer_sets += [
+        {
             "node_name": name,
             "node_type": node_type,
             "variant": "production",
             "operations": LONGEST_OPERATIONS,
         }
-        nodes[name] = render(root / name, answers)
+        for node_type, name in LONG_NAME_CASES
+    ]
+    nodes: dict[str, Path] = {}
+    for answers in answer_sets:
+        result = copie_session.copy(extra_answers=answers)
+        assert result.exception is None, f"{answers['node_name']}: {result.exception}"
+        assert result.project_dir is not None
+        nodes[answers["node_name"]] = result.project_dir
     return nodes
 
 
