@@ -143,7 +143,8 @@ def test_any_answer_text_survives_rendering(
     answers = yaml.safe_load((node / ".copier-answers.yml").read_text(encoding="utf-8"))
     assert answers["description"] == description
     assert pyproject["tool"]["onex"]["description"] == description
-    assert description in (node / "README.md").read_text(encoding="utf-8")
+    # Bytes, not text mode: universal newlines would turn a typed "\r" into "\n".
+    assert description in (node / "README.md").read_bytes().decode("utf-8")
     node_module = ast.parse((node / "src" / "sample_node" / "node.py").read_text(encoding="utf-8"))
     literals = [n.value for n in ast.walk(node_module) if isinstance(n, ast.Constant)]
     assert description in literals
