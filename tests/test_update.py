@@ -1,0 +1,92 @@
+"""`copier update` of a rendered node: the person's code survives and the new template version
+renders with its own selector (the extension must not reuse modules imported by the old one)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import copier
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.com",
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(cwd),
+        },
+    ).stdout
+
+
+def snapshot_template(target: Path) -> Path:
+    """A git repository holding this template's working tree, tagged 1.0.0."""
+    tracked = git(REPO_ROOT, "ls-files", "--cached", "--others", "--exclude-standard")
+    for name in tracked.splitlines():
+        source = REPO_ROOT / name
+        if source.is_file():
+            destination = target / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)
+    git(target, "init", "-q", "-b", "main")
+    git(target, "add", "-A")
+    git(target, "commit", "-q", "-m", "template 1.0.0")
+    git(target, "tag", "1.0.0")
+    return target
+
+
+def test_update_keeps_the_person_code_and_uses_the_new_selector(tmp_path: Path) -> None:
+    template = snapshot_template(tmp_path / "template")
+    node = tmp_path / "node"
+    copier.run_copy(
+        str(template),
+        str(node),
+        data={"node_name": "kept_node", "variant": "standard", "operations": ["fetch"]},
+        defaults=True,
+        unsafe=True,
+        vcs_ref="1.0.0",
+        quiet=True,
+    )
+    git(node, "init", "-q", "-b", "main")
+    git(node, "add", "-A")
+    git(node, "commit", "-q", "-m", "scaffold")
+
+    handlers = node / "src" / "kept_node" / "handlers.py"
+    handlers.write_text(handlers.read_text() + "\n\n# the person's own logic\nMARKER = 1\n")
+    (node / "NOTES.md").write_text("my notes\n")
+    git(node, "add", "-A")
+    git(node, "commit", "-q", "-m", "my work")
+
+    version_file = template / "selector" / "version.py"
+    version_file.write_text(version_file.read_text().replace('"1.0.0"', '"1.1.0-test"'))
+    readme = template / "template" / "README.md.jinja"
+    readme.write_text(readme.read_text() + "\nUpgraded template section.\n")
+    git(template, "commit", "-q", "-am", "template 1.1.0")
+    git(template, "tag", "1.1.0")
+
+    copier.run_update(
+        str(node), defaults=True, unsafe=True, overwrite=True, vcs_ref="1.1.0", quiet=True
+    )
+
+    contract = yaml.safe_load((node / "contract.yaml").read_text())
+    assert contract["variant"]["selector_version"] == "1.1.0-test"
+    assert contract["variant"]["name"] == "standard"
+    assert "MARKER = 1" in handlers.read_text()
+    assert (node / "NOTES.md").read_text() == "my notes\n"
+    assert "Upgraded template section." in (node / "README.md").read_text()
+    answers = yaml.safe_load((node / ".copier-answers.yml").read_text())
+    assert answers["_commit"] == "1.1.0"
+    assert answers["variant"] == "standard"
+    assert not list(node.rglob("*.rej"))
