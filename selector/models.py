@@ -5,7 +5,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    field_serializer,
+    model_validator,
+)
 
 
 class NodeType(StrEnum):
@@ -142,7 +149,9 @@ class SelectionResult(BaseModel):
     confidence: float = Field(ge=0.0, le=1.0)
     rationale: str
     matched_features: dict[str, str]
-    alternatives: tuple[RankedVariant, ...]
+    # Built only by ``select`` from registry data, never parsed from input: validating nine
+    # tuples again would cost a tenth of the selector's time.
+    alternatives: Annotated[tuple[RankedVariant, ...], SkipValidation]
     warnings: tuple[str, ...]
     selector_version: str
 

@@ -91,8 +91,9 @@ def _gather(
     by_category: dict[str, list[str]] = {}
     matched: dict[str, str] = {}
     unknown: list[str] = []
+    lookup = registry.lexicon.lookup
     for tag in features:
-        meaning = registry.lexicon.lookup(tag)
+        meaning = lookup(tag)
         if meaning is None:
             if tag not in unknown:
                 unknown.append(tag)
@@ -187,12 +188,15 @@ class _Decision:
 
     def ranked(self) -> list[RankedVariant]:
         fits, strengths = self.fits, self.strengths
-        return [
-            RankedVariant(item, fits[item])
-            if item.__class__ is str
-            else RankedVariant(item.variant, float(strengths.get(item.variant, 0)))  # type: ignore[union-attr]
-            for item in self.order
-        ]
+        ranked = []
+        for item in self.order:
+            if isinstance(item, str):
+                ranked.append(RankedVariant(item, fits[item]))
+            elif item.variant in strengths:
+                ranked.append(RankedVariant(item.variant, float(strengths[item.variant])))
+            else:
+                ranked.append(item.unsignalled)
+        return ranked
 
 
 def _decide(

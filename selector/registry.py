@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from selector.models import NodeType, TagCategory, Tier, VariantSpec
+from selector.models import NodeType, RankedVariant, TagCategory, Tier, VariantSpec
 from selector.vocabulary import Lexicon
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -33,6 +33,7 @@ class DomainSlot:
     home: bool
     supported: bool
     fits: str  # the node types it supports, for messages
+    unsignalled: RankedVariant  # its entry in the ranking when no tag signals it
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,7 @@ class Registry:
                     home=kind in spec.domain.home_for,
                     supported=spec.supports(kind),
                     fits=" or ".join(t.value for t in spec.supported_node_types),
+                    unsignalled=RankedVariant(spec.name, 0.0),
                 )
             )
         slots.sort(key=lambda slot: not slot.home)  # stable: priority order otherwise kept
