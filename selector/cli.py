@@ -92,12 +92,18 @@ def _print_result(result: SelectionResult, console: Console) -> None:
 def _explain(
     result: SelectionResult, rows: list[tuple[RankedVariant, str]], console: Console
 ) -> None:
-    table = Table(title=f"Variants for a {result.node_type.value} node", show_lines=False)
+    kind = result.node_type.value
+    article = "an" if kind[0] in "aeiou" else "a"
+    table = Table(title=f"Variants for {article} {kind} node", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("variant")
     table.add_column("score", justify="right")
     table.add_column("reason")
+    compatible = {alt.variant for alt in result.alternatives}
     for rank, (alt, reason) in enumerate(rows, start=1):
+        if alt.variant not in compatible:
+            table.add_row("-", alt.variant, "-", reason, style="dim")
+            continue
         style = "bold green" if alt.variant == result.variant else ""
         table.add_row(str(rank), alt.variant, f"{alt.score:.2f}", reason, style=style)
     console.print(table)

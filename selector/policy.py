@@ -304,7 +304,8 @@ def explain(
     *,
     registry: Registry | None = None,
 ) -> tuple[SelectionResult, list[tuple[RankedVariant, str]]]:
-    """``select`` plus, for every compatible variant in rank order, why it scored what it did."""
+    """``select`` plus a row for every registered variant: the compatible ones in rank order
+    with why they scored what they did, then the ones that do not support the node type."""
     registry = registry or default_registry()
     result = select(node_type, operations, features, registry=registry)
     decision = _decide(registry, node_type, operations, features)
@@ -320,4 +321,11 @@ def explain(
         else:
             reason = f"no {item.domain} tags"
         rows.append((ranked, reason))
+    for spec in registry.variants.values():
+        if not spec.supports(kind):
+            fits = " or ".join(t.value for t in spec.supported_node_types)
+            reason = f"does not support {kind.value} nodes (fits {fits})"
+            if spec.domain is not None and ev.by_category.get(spec.domain.name):
+                reason += f"; its tags{_listed(ev.entries(spec.domain.name))} were ignored"
+            rows.append((RankedVariant(spec.name, 0.0), reason))
     return result, rows

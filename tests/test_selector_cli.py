@@ -61,13 +61,17 @@ def test_batch_reports_bad_lines_and_keeps_going(tmp_path: Path) -> None:
     assert "cases.jsonl:3:" in out.stderr
 
 
-def test_explain_ranks_every_compatible_variant() -> None:
-    out = run("explain", "--node-type", "orchestrator", "--features", "saga,http")
+def test_explain_ranks_every_variant_with_reasons() -> None:
+    out = run("explain", "--node-type", "orchestrator", "--features", "saga,http,postgres")
     assert out.returncode == 0, out.stderr
-    for variant in ("workflow", "api_heavy", "kafka_heavy", "minimal", "standard", "production"):
-        assert variant in out.stdout
-    assert "database_heavy" not in out.stdout
-    assert out.stdout.index("workflow") < out.stdout.index("api_heavy")
+    rows = [line for line in out.stdout.splitlines() if "│" in line]
+    names = [row.split("│")[2].strip() for row in rows]
+    ranked = ["workflow", "api_heavy", "minimal", "standard", "production", "kafka_heavy"]
+    assert [n for n in names if n in ranked] == ranked
+    database_row = rows[names.index("database_heavy")]
+    assert "does not support orchestrator nodes" in database_row
+    assert "postgres" in database_row
+    assert names.index("database_heavy") > names.index("kafka_heavy")
 
 
 def test_variants_prints_the_compatibility_matrix() -> None:
