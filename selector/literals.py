@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import yaml
 
-_PY_SHORT = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_TOML_SHORT = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Escapes Python and TOML basic strings share.
+_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def python_str(text: str) -> str:
@@ -17,8 +17,8 @@ def python_str(text: str) -> str:
     out = ['"']
     for char in text:
         code = ord(char)
-        if char in _PY_SHORT:
-            out.append(_PY_SHORT[char])
+        if char in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[char])
         elif 0x20 <= code < 0x7F:
             out.append(char)
         elif code <= 0xFF:
@@ -36,8 +36,8 @@ def toml_str(text: str) -> str:
     out = ['"']
     for char in text:
         code = ord(char)
-        if char in _TOML_SHORT:
-            out.append(_TOML_SHORT[char])
+        if char in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[char])
         elif code < 0x20 or code == 0x7F:
             out.append(f"\\u{code:04X}")
         else:
