@@ -33,6 +33,7 @@ def git(cwd: Path, *args: str) -> str:
 
 def snapshot_template(target: Path) -> Path:
     """A git repository holding this template's working tree, tagged 1.0.0."""
+    target.mkdir(parents=True, exist_ok=True)
     tracked = git(REPO_ROOT, "ls-files", "--cached", "--others", "--exclude-standard")
     for name in tracked.splitlines():
         source = REPO_ROOT / name
@@ -45,6 +46,30 @@ def snapshot_template(target: Path) -> Path:
     git(target, "commit", "-q", "-m", "template 1.0.0")
     git(target, "tag", "1.0.0")
     return target
+
+
+def test_a_custom_variant_is_offered_recommended_and_rendered(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    example = REPO_ROOT / "examples" / "custom_variant" / "search_heavy.yaml"
+    snapshot_template(template)
+    shutil.copy2(example, template / "selector" / "variants" / "search_heavy.yaml")
+    git(template, "add", "-A")
+    git(template, "commit", "-q", "-m", "add search_heavy")
+    node = tmp_path / "node"
+    copier.run_copy(
+        str(template),
+        str(node),
+        data={"node_name": "finder", "features": ["Elasticsearch", "relevance"]},
+        defaults=True,
+        unsafe=True,
+        vcs_ref="HEAD",
+        quiet=True,
+    )
+    contract = yaml.safe_load((node / "contract.yaml").read_text())
+    assert contract["variant"]["name"] == "search_heavy"
+    assert contract["variant"]["recommended"] == "search_heavy"
+    shipped = {p.stem for p in (node / "src" / "finder" / "mixins").glob("*.py")}
+    assert shipped == {"__init__", "structured_logging", "metrics", "health", "retry"}
 
 
 def test_update_keeps_the_person_code_and_uses_the_new_selector(tmp_path: Path) -> None:
