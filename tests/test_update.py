@@ -3,8 +3,10 @@ renders with its own selector (the extension must not reuse modules imported by 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import copier
@@ -114,4 +116,61 @@ def test_update_keeps_the_person_code_and_uses_the_new_selector(tmp_path: Path) 
     answers = yaml.safe_load((node / ".copier-answers.yml").read_text())
     assert answers["_commit"] == "1.1.0"
     assert answers["variant"] == "standard"
+    assert not list(node.rglob("*.rej"))
+    run_node_tests(node)
+
+
+def scaffold(template: Path, node: Path, answers: dict[str, object], ref: str) -> Path:
+    copier.run_copy(
+        str(template), str(node), data=answers, defaults=True, unsafe=True, vcs_ref=ref, quiet=True
+    )
+    git(node, "init", "-q", "-b", "main")
+    git(node, "add", "-A")
+    git(node, "commit", "-q", "-m", "scaffold")
+    return node
+
+
+def run_node_tests(node: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=node,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(node / "src")},
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert " passed" in result.stdout
+
+
+def test_update_across_two_tags_with_a_conflicting_edit(tmp_path: Path) -> None:
+    template = snapshot_template(tmp_path / "template")
+    node = scaffold(
+        template, tmp_path / "node", {"node_name": "steady", "variant": "standard"}, "1.0.0"
+    )
+    errors = node / "src" / "steady" / "errors.py"
+    errors.write_text(errors.read_text().replace('code = "timeout"', 'code = "too_slow"'))
+    git(node, "commit", "-q", "-am", "local tweak of a template-owned file")
+
+    template_errors = template / "template" / "src" / "{{node_name}}" / "errors.py.jinja"
+    template_errors.write_text(
+        template_errors.read_text().replace('code = "timeout"', 'code = "deadline_exceeded"')
+    )
+    git(template, "commit", "-q", "-am", "1.1.0")
+    git(template, "tag", "1.1.0")
+    readme = template / "template" / "README.md.jinja"
+    readme.write_text(readme.read_text() + "\nA 1.2.0 section.\n")
+    git(template, "commit", "-q", "-am", "1.2.0")
+    git(template, "tag", "1.2.0")
+
+    copier.run_update(
+        str(node), defaults=True, unsafe=True, overwrite=True, vcs_ref="1.2.0", quiet=True
+    )
+    text = errors.read_text()
+    # Both sides changed the same line: Copier leaves inline markers with both versions.
+    assert "<<<<<<<" in text
+    assert 'code = "too_slow"' in text
+    assert 'code = "deadline_exceeded"' in text
+    assert "A 1.2.0 section." in (node / "README.md").read_text()
+    assert yaml.safe_load((node / ".copier-answers.yml").read_text())["_commit"] == "1.2.0"
     assert not list(node.rglob("*.rej"))
