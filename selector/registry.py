@@ -88,7 +88,6 @@ class Registry:
                     f"domain {spec.domain.name!r}"
                 )
             seen[spec.domain.name] = spec.name
-        self.variant_for_domain = {spec.domain.name: spec for spec in self.domains if spec.domain}
         # Presentation order: tiers from small to large, then domains in tie-break order.
         tiers = [self.variants[t.value] for t in Tier]
         self.variants = {spec.name: spec for spec in (*tiers, *self.domains)}

@@ -78,9 +78,6 @@ class Lexicon:
         self._exact = exact
         self._compact = {k: v for k, v in compact.items() if v is not None}
 
-    def __contains__(self, spelling: str) -> bool:
-        return canonical_spelling(spelling) in self._exact
-
     def spellings(self) -> Mapping[str, Meaning]:
         return self._exact
 
