@@ -50,6 +50,45 @@ def snapshot_template(target: Path) -> Path:
     return target
 
 
+def scaffold(template: Path, node: Path, answers: dict[str, object], ref: str) -> Path:
+    copier.run_copy(
+        str(template), str(node), data=answers, defaults=True, unsafe=True, vcs_ref=ref, quiet=True
+    )
+    git(node, "init", "-q", "-b", "main")
+    git(node, "add", "-A")
+    git(node, "commit", "-q", "-m", "scaffold")
+    return node
+
+
+def run_node_tests(node: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=node,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(node / "src")},
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert " passed" in result.stdout
+
+
+def release(template: Path, tag: str) -> None:
+    """Commit every change in the template copy and tag it."""
+    git(template, "commit", "-q", "-am", f"template {tag}")
+    git(template, "tag", tag)
+
+
+def update(node: Path, ref: str) -> None:
+    copier.run_update(
+        str(node), defaults=True, unsafe=True, overwrite=True, vcs_ref=ref, quiet=True
+    )
+
+
+def append(path: Path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
 def test_a_custom_variant_is_offered_recommended_and_rendered(tmp_path: Path) -> None:
     template = tmp_path / "template"
     example = REPO_ROOT / "examples" / "custom_variant" / "search_heavy.yaml"
@@ -76,36 +115,20 @@ def test_a_custom_variant_is_offered_recommended_and_rendered(tmp_path: Path) ->
 
 def test_update_keeps_the_person_code_and_uses_the_new_selector(tmp_path: Path) -> None:
     template = snapshot_template(tmp_path / "template")
-    node = tmp_path / "node"
-    copier.run_copy(
-        str(template),
-        str(node),
-        data={"node_name": "kept_node", "variant": "standard", "operations": ["fetch"]},
-        defaults=True,
-        unsafe=True,
-        vcs_ref="1.0.0",
-        quiet=True,
-    )
-    git(node, "init", "-q", "-b", "main")
-    git(node, "add", "-A")
-    git(node, "commit", "-q", "-m", "scaffold")
+    answers = {"node_name": "kept_node", "variant": "standard", "operations": ["fetch"]}
+    node = scaffold(template, tmp_path / "node", answers, "1.0.0")
 
     handlers = node / "src" / "kept_node" / "handlers.py"
-    handlers.write_text(handlers.read_text() + "\n\n# the person's own logic\nMARKER = 1\n")
+    append(handlers, "\n\n# the person's own logic\nMARKER = 1\n")
     (node / "NOTES.md").write_text("my notes\n")
     git(node, "add", "-A")
     git(node, "commit", "-q", "-m", "my work")
 
     version_file = template / "selector" / "version.py"
     version_file.write_text(version_file.read_text().replace('"1.0.0"', '"1.1.0-test"'))
-    readme = template / "template" / "README.md.jinja"
-    readme.write_text(readme.read_text() + "\nUpgraded template section.\n")
-    git(template, "commit", "-q", "-am", "template 1.1.0")
-    git(template, "tag", "1.1.0")
-
-    copier.run_update(
-        str(node), defaults=True, unsafe=True, overwrite=True, vcs_ref="1.1.0", quiet=True
-    )
+    append(template / "template" / "README.md.jinja", "\nUpgraded template section.\n")
+    release(template, "1.1.0")
+    update(node, "1.1.0")
 
     contract = yaml.safe_load((node / "contract.yaml").read_text())
     assert contract["variant"]["selector_version"] == "1.1.0-test"
@@ -118,29 +141,6 @@ def test_update_keeps_the_person_code_and_uses_the_new_selector(tmp_path: Path) 
     assert answers["variant"] == "standard"
     assert not list(node.rglob("*.rej"))
     run_node_tests(node)
-
-
-def scaffold(template: Path, node: Path, answers: dict[str, object], ref: str) -> Path:
-    copier.run_copy(
-        str(template), str(node), data=answers, defaults=True, unsafe=True, vcs_ref=ref, quiet=True
-    )
-    git(node, "init", "-q", "-b", "main")
-    git(node, "add", "-A")
-    git(node, "commit", "-q", "-m", "scaffold")
-    return node
-
-
-def run_node_tests(node: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=node,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(node / "src")},
-    )
-    assert result.returncode == 0, result.stdout[-4000:]
-    assert " passed" in result.stdout
 
 
 def test_update_across_two_tags_with_a_conflicting_edit(tmp_path: Path) -> None:
@@ -156,16 +156,10 @@ def test_update_across_two_tags_with_a_conflicting_edit(tmp_path: Path) -> None:
     template_errors.write_text(
         template_errors.read_text().replace('code = "timeout"', 'code = "deadline_exceeded"')
     )
-    git(template, "commit", "-q", "-am", "1.1.0")
-    git(template, "tag", "1.1.0")
-    readme = template / "template" / "README.md.jinja"
-    readme.write_text(readme.read_text() + "\nA 1.2.0 section.\n")
-    git(template, "commit", "-q", "-am", "1.2.0")
-    git(template, "tag", "1.2.0")
-
-    copier.run_update(
-        str(node), defaults=True, unsafe=True, overwrite=True, vcs_ref="1.2.0", quiet=True
-    )
+    release(template, "1.1.0")
+    append(template / "template" / "README.md.jinja", "\nA 1.2.0 section.\n")
+    release(template, "1.2.0")
+    update(node, "1.2.0")
     text = errors.read_text()
     # Both sides changed the same line: Copier leaves inline markers with both versions.
     assert "<<<<<<<" in text
