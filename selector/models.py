@@ -89,6 +89,25 @@ class Domain(BaseModel):
     home_for: tuple[NodeType, ...] = ()
 
 
+class IntegrationSpec(BaseModel):
+    """One kit of the catalogue: a module integrations/<name>.py and what a node needs to use it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    summary: str
+    # PEP 508 requirements added to the rendered node's dependencies and `dev` extra.
+    dependencies: tuple[str, ...] = ()
+    dev_dependencies: tuple[str, ...] = ()
+    # Mixins the kit imports; the node's mixins must keep them.
+    requires_mixins: tuple[_Identifier, ...] = ()
+    # Other kits the kit imports; every variant listing it lists them too.
+    requires_integrations: tuple[_Identifier, ...] = ()
+    # Environment variables that point the node at a real deployment.
+    environment: tuple[str, ...] = ()
+    # Modules the kit imports that ship no type information (mypy overrides in the node).
+    untyped_modules: tuple[str, ...] = ()
+
+
 class VariantSpec(BaseModel):
     """One registry entry: everything the selector and the template know about a variant."""
 
@@ -106,6 +125,8 @@ class VariantSpec(BaseModel):
     performance: dict[str, str]
     prerequisites: tuple[str, ...]
     services: tuple[_Identifier, ...] = ()
+    # Kits from integrations/ (catalogue: integrations.yaml) the node's operations are built on.
+    integrations: tuple[_Identifier, ...] = ()
     # Exactly one of these two: a tier variant or a domain variant.
     tier: Tier | None = None
     domain: Domain | None = None

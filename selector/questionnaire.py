@@ -58,6 +58,30 @@ def suggested_mixins(variant: str, registry: Registry | None = None) -> str:
     return _dump(list(spec.mixins) if spec else [])
 
 
+def effective_mixins(
+    variant: str, added: Any, removed: Any, registry: Registry | None = None
+) -> list[str]:
+    """The node's mixins: the variant's own plus ``added`` minus ``removed``, in catalogue order.
+
+    Stored answers are these two deltas, not the result, so that moving a node to another
+    variant re-derives its mixins from the new variant and keeps the person's own choices.
+    Names outside the catalogue are ignored here; the questions' validators refuse them.
+    """
+    registry = registry or default_registry()
+    spec = registry.variants.get(variant)
+    chosen = (set(spec.mixins if spec else ()) | set(added or ())) - set(removed or ())
+    return [name for name in registry.mixins if name in chosen]
+
+
+def mixin_delta_help(variant: str, kind: str, registry: Registry | None = None) -> str:
+    registry = registry or default_registry()
+    spec = registry.variants.get(variant)
+    own = ", ".join(spec.mixins) if spec and spec.mixins else "none"
+    if kind == "added":
+        return f"Mixins to add to the {variant} variant's own ({own})"
+    return f"Mixins of the {variant} variant to leave out (its own: {own})"
+
+
 def mixin_choices(registry: Registry | None = None) -> str:
     registry = registry or default_registry()
     return _dump({f"{name}: {about}": name for name, about in registry.mixins.items()})
@@ -85,3 +109,12 @@ def variant_spec(variant: str, registry: Registry | None = None) -> dict[str, An
     """The registry entry as plain data, for templates."""
     registry = registry or default_registry()
     return registry.get(variant).model_dump(mode="json")
+
+
+def integrations(variant: str, registry: Registry | None = None) -> list[dict[str, Any]]:
+    """The variant's integration kits as plain data (``name`` plus the catalogue entry)."""
+    registry = registry or default_registry()
+    return [
+        {"name": kit, **registry.integrations[kit].model_dump(mode="json")}
+        for kit in registry.get(variant).integrations
+    ]

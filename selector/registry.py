@@ -15,13 +15,21 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from selector.models import NodeType, RankedVariant, TagCategory, Tier, VariantSpec
+from selector.models import (
+    IntegrationSpec,
+    NodeType,
+    RankedVariant,
+    TagCategory,
+    Tier,
+    VariantSpec,
+)
 from selector.vocabulary import Lexicon
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_VARIANTS_DIR = PACKAGE_DIR / "variants"
 DEFAULT_VOCABULARY_FILE = PACKAGE_DIR / "vocabulary.yaml"
 DEFAULT_MIXINS_FILE = PACKAGE_DIR / "mixins.yaml"
+DEFAULT_INTEGRATIONS_FILE = PACKAGE_DIR / "integrations.yaml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +64,17 @@ class Registry:
         variants: Iterable[VariantSpec],
         shared_vocabulary: Mapping[str, Any],
         mixins: Mapping[str, str],
+        integrations: Mapping[str, IntegrationSpec] | None = None,
     ) -> None:
         self.mixins: dict[str, str] = dict(mixins)
+        self.integrations: dict[str, IntegrationSpec] = dict(integrations or {})
+        for kit_name, kit in self.integrations.items():
+            missing = [m for m in kit.requires_mixins if m not in self.mixins]
+            if missing:
+                raise RegistryError(
+                    f"integrations.yaml: {kit_name!r} requires unknown mixins {missing}; "
+                    f"known: {', '.join(self.mixins)}"
+                )
         self.variants: dict[str, VariantSpec] = {}
         for spec in variants:
             if spec.name in self.variants:
@@ -67,6 +84,23 @@ class Registry:
                 raise RegistryError(
                     f"variant {spec.name!r} suggests unknown mixins {unknown_mixins}; "
                     f"known: {', '.join(self.mixins)}"
+                )
+            unknown_kits = [k for k in spec.integrations if k not in self.integrations]
+            if unknown_kits:
+                raise RegistryError(
+                    f"variant {spec.name!r} uses unknown integrations {unknown_kits}; "
+                    f"known: {', '.join(self.integrations) or 'none'}"
+                )
+            missing_kits = [
+                needed
+                for kit in spec.integrations
+                for needed in self.integrations[kit].requires_integrations
+                if needed not in spec.integrations
+            ]
+            if missing_kits:
+                raise RegistryError(
+                    f"variant {spec.name!r} must also list the integrations {missing_kits}, "
+                    "which its kits import"
                 )
             self.variants[spec.name] = spec
         missing_tiers = {t.value for t in Tier} - set(self.variants)
@@ -137,6 +171,12 @@ class Registry:
                 f"unknown variant {name!r}; known variants: {', '.join(self.variants)}"
             ) from None
 
+    def required_mixins(self, variant: str) -> tuple[str, ...]:
+        """Mixins the variant's integration kits import, in catalogue order."""
+        kits = self.get(variant).integrations
+        needed = {m for kit in kits for m in self.integrations[kit].requires_mixins}
+        return tuple(m for m in self.mixins if m in needed)
+
     def compatible(self, node_type: NodeType) -> list[VariantSpec]:
         return [spec for spec in self.variants.values() if spec.supports(node_type)]
 
@@ -164,6 +204,7 @@ def load_registry(
     variants_dir: Path = DEFAULT_VARIANTS_DIR,
     vocabulary_file: Path = DEFAULT_VOCABULARY_FILE,
     mixins_file: Path = DEFAULT_MIXINS_FILE,
+    integrations_file: Path = DEFAULT_INTEGRATIONS_FILE,
 ) -> Registry:
     """Read and validate every ``*.yaml`` file in ``variants_dir``."""
     specs = []
@@ -178,7 +219,16 @@ def load_registry(
     mixins = _read_yaml(mixins_file) or {}
     if not isinstance(mixins, dict) or not all(isinstance(v, str) for v in mixins.values()):
         raise RegistryError(f"{mixins_file}: expected a mapping of mixin name to description")
-    return Registry(specs, _read_yaml(vocabulary_file) or {}, mixins)
+    raw_kits = _read_yaml(integrations_file) if integrations_file.exists() else {}
+    if not isinstance(raw_kits, dict):
+        raise RegistryError(f"{integrations_file}: expected a mapping of integration name to entry")
+    kits = {}
+    for kit_name, entry in raw_kits.items():
+        try:
+            kits[kit_name] = IntegrationSpec.model_validate(entry)
+        except ValidationError as exc:
+            raise RegistryError(f"{integrations_file}: {kit_name}: {exc}") from exc
+    return Registry(specs, _read_yaml(vocabulary_file) or {}, mixins, kits)
 
 
 @functools.cache

@@ -120,14 +120,59 @@ def variant_problem(variant: object, node_type: object, registry: Registry | Non
     return ""
 
 
-def mixins_problem(value: object, registry: Registry | None = None) -> str:
-    """Why ``value`` is not a list of known mixins, or ``""``."""
-    allowed = list((registry or default_registry()).mixins)
+def mixins_problem(
+    value: object, variant: str | None = None, registry: Registry | None = None
+) -> str:
+    """Why ``value`` is not a list of known mixins (keeping those the variant's kits import),
+    or ``""``."""
+    registry = registry or default_registry()
+    allowed = list(registry.mixins)
     if value is None:
         return ""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return f"mixins must be a list drawn from: {', '.join(allowed)}"
+    chosen = list(value)
+    for name in chosen:
+        if name not in allowed:
+            return f"mixins: {name!r} is not a mixin; choose from: {', '.join(allowed)}"
+    if variant in registry.variants:
+        missing = [m for m in registry.required_mixins(variant) if m not in chosen]
+        if missing:
+            kits = ", ".join(registry.get(variant).integrations)
+            return (
+                f"mixins: the {variant} variant's {kits} kit needs {', '.join(missing)}; "
+                "keep it selected or choose another variant"
+            )
+    return ""
     if isinstance(value, str) or not isinstance(value, Iterable):
         return f"mixins must be a list drawn from: {', '.join(allowed)}"
     for name in value:
         if name not in allowed:
             return f"mixins: {name!r} is not a mixin; choose from: {', '.join(allowed)}"
+    return ""
+
+
+def mixin_delta_problem(
+    value: object, question: str, variant: str | None = None, registry: Registry | None = None
+) -> str:
+    """Why a `mixins_added` / `mixins_removed` answer is unusable, or ``""``: unknown names, or a
+    removal of a mixin the variant's integration kit imports."""
+    registry = registry or default_registry()
+    allowed = list(registry.mixins)
+    if value is None:
+        return ""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return f"{question} must be a list drawn from: {', '.join(allowed)}"
+    chosen = list(value)
+    for name in chosen:
+        if name not in allowed:
+            return f"{question}: {name!r} is not a mixin; choose from: {', '.join(allowed)}"
+    if question == "mixins_removed" and variant in registry.variants:
+        needed = [m for m in registry.required_mixins(variant) if m in chosen]
+        if needed:
+            kits = ", ".join(registry.get(variant).integrations)
+            return (
+                f"mixins_removed: the {variant} variant's {kits} kit needs "
+                f"{', '.join(needed)}; keep it or choose another variant"
+            )
     return ""

@@ -39,7 +39,12 @@ BASE = {"node_name": "sample_node"}
             "supports effect, reducer",
         ),
         ({"variant": "turbo"}, "variant", "is not in"),
-        ({"mixins": ["teleport"]}, "mixins", "is not in"),
+        ({"mixins_added": ["teleport"]}, "mixins_added", "is not in"),
+        (
+            {"variant": "api_heavy", "mixins_removed": ["circuit_breaker"]},
+            "mixins_removed",
+            "needs circuit_breaker",
+        ),
         ({"node_type": "gateway"}, "node_type", "is not in"),
         ({"author_email": "nobody"}, "author_email", "name@domain"),
     ],
@@ -75,7 +80,10 @@ def test_an_override_is_kept_and_the_recommendation_recorded(tmp_path: Path) -> 
     assert contract["variant"]["name"] == "production"
     assert contract["variant"]["recommended"] == "database_heavy"
     answers = yaml.safe_load((node / ".copier-answers.yml").read_text())
-    assert answers["mixins"] == [
+    # Only the person's changes to the variant's mixins are stored, not the derived list.
+    assert (answers["mixins_added"], answers["mixins_removed"]) == ([], [])
+    assert "mixins" not in answers
+    assert contract["mixins"] == [
         "structured_logging",
         "metrics",
         "health",

@@ -9,7 +9,12 @@ import pytest
 import yaml
 
 from selector import NodeType, RegistryError, load_registry, select
-from selector.registry import DEFAULT_MIXINS_FILE, DEFAULT_VARIANTS_DIR, DEFAULT_VOCABULARY_FILE
+from selector.registry import (
+    DEFAULT_INTEGRATIONS_FILE,
+    DEFAULT_MIXINS_FILE,
+    DEFAULT_VARIANTS_DIR,
+    DEFAULT_VOCABULARY_FILE,
+)
 
 EXPECTED_MATRIX = {
     "minimal": {"effect", "compute", "reducer", "orchestrator"},
@@ -81,6 +86,7 @@ def test_a_custom_variant_is_scored_like_the_built_in_ones(tmp_path: Path) -> No
         ({"signals": {"postgres": []}}, "claimed by both"),
         ({"operations": {"min": 5, "max": 1}}, "operations.min (5) exceeds operations.max (1)"),
         ({"colour": "blue"}, "colour"),
+        ({"integrations": ["ftp"]}, "unknown integrations ['ftp']"),
     ],
 )
 def test_bad_registry_entries_are_rejected_with_the_file_and_field(
@@ -101,3 +107,36 @@ def test_a_missing_tier_is_rejected(tmp_path: Path) -> None:
     (variants / "standard.yaml").unlink()
     with pytest.raises(RegistryError, match="tier variants missing"):
         load(variants)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"requires_mixins": ["teleport"]}, "requires unknown mixins ['teleport']"),
+        ({"summary": None}, "summary"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_bad_integration_entries_are_rejected_with_the_file_and_kit(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    kits = yaml.safe_load(DEFAULT_INTEGRATIONS_FILE.read_text())
+    kits["http"].update(change)
+    path = tmp_path / "integrations.yaml"
+    path.write_text(yaml.safe_dump(kits))
+    with pytest.raises(RegistryError, match="http") as caught:
+        load_registry(DEFAULT_VARIANTS_DIR, DEFAULT_VOCABULARY_FILE, DEFAULT_MIXINS_FILE, path)
+    assert message in str(caught.value)
+
+
+def test_kit_variants_list_their_kits_and_the_mixins_the_kits_need() -> None:
+    registry = load_registry()
+    assert {v: s.integrations for v, s in registry.variants.items() if s.integrations} == {
+        "database_heavy": ("postgres",),
+        "api_heavy": ("http",),
+        "kafka_heavy": ("kafka",),
+        "ml_inference": ("onnx_inference",),
+        "analytics": ("windows",),
+    }
+    assert registry.required_mixins("api_heavy") == ("circuit_breaker",)
+    assert registry.required_mixins("standard") == ()

@@ -35,6 +35,15 @@ LONG_NAME_CASES = [
     (node_type, f"{LONGEST_NAME[: 50 - len(node_type) - 1]}_{node_type}")
     for node_type in NODE_TYPE_FOR_MIXINS
 ]
+# The same for every variant whose code differs by integration kit, one node type each.
+LONG_NAME_KIT_CASES = [
+    (variant, node_type, f"{LONGEST_NAME[: 50 - len(variant) - 1]}_{variant}")
+    for variant, node_type in [
+        ("database_heavy", "reducer"),
+        ("api_heavy", "orchestrator"),
+        ("kafka_heavy", "orchestrator"),
+    ]
+]
 
 
 def pair_answers(variant: str, node_type: str) -> dict[str, Any]:
@@ -48,12 +57,17 @@ def pair_answers(variant: str, node_type: str) -> dict[str, Any]:
 
 
 def mixin_answers(label: str, index: int) -> dict[str, Any]:
+    """A production node whose mixins are exactly MIXIN_SETS[label], as the questionnaire
+    stores them: changes to the variant's own mixins."""
     node_type = NODE_TYPE_FOR_MIXINS[index % len(NODE_TYPE_FOR_MIXINS)]
+    own = REGISTRY.get("production").mixins
+    wanted = MIXIN_SETS[label]
     return {
         "node_name": f"mix_{label}",
         "node_type": node_type,
         "variant": "production",
-        "mixins": MIXIN_SETS[label],
+        "mixins_added": [m for m in wanted if m not in own],
+        "mixins_removed": [m for m in own if m not in wanted],
         "operations": ["handle"],
     }
 
@@ -71,6 +85,15 @@ def rendered_nodes(copie_session: Any) -> dict[str, Path]:
             "operations": LONGEST_OPERATIONS,
         }
         for node_type, name in LONG_NAME_CASES
+    ]
+    answer_sets += [
+        {
+            "node_name": name,
+            "node_type": node_type,
+            "variant": variant,
+            "operations": LONGEST_OPERATIONS,
+        }
+        for variant, node_type, name in LONG_NAME_KIT_CASES
     ]
     nodes: dict[str, Path] = {}
     for answers in answer_sets:
@@ -111,6 +134,8 @@ def test_rendered_pair_passes_its_own_checks(
     package = node / "src" / f"{variant}_{node_type}"
     shipped = {p.stem for p in (package / "mixins").glob("*.py")} - {"__init__"}
     assert shipped == set(spec.mixins)
+    kits = {p.stem for p in (package / "integrations").glob("*.py")} - {"__init__"}
+    assert kits == set(spec.integrations)
     check_node(node_python, node, mypy_cache)
 
 
@@ -134,6 +159,44 @@ def test_longest_names_still_pass_lint_and_format(
 ) -> None:
     assert len(name) == 50
     check_node(node_python, rendered_nodes[name], mypy_cache)
+
+
+@pytest.mark.render
+@pytest.mark.parametrize(
+    ("variant", "node_type", "name"), LONG_NAME_KIT_CASES, ids=[c[0] for c in LONG_NAME_KIT_CASES]
+)
+def test_longest_names_pass_for_kit_variants(
+    variant: str,
+    node_type: str,
+    name: str,
+    rendered_nodes: dict[str, Path],
+    node_python: Path,
+    mypy_cache: Path,
+) -> None:
+    assert len(name) == 50
+    check_node(node_python, rendered_nodes[name], mypy_cache)
+
+
+@pytest.mark.parametrize(
+    ("variant", "node_type"), [p for p in PAIRS if REGISTRY.get(p[0]).integrations]
+)
+def test_kits_are_copied_with_only_the_mixins_import_rewritten(
+    variant: str, node_type: str, rendered_nodes: dict[str, Path]
+) -> None:
+    name = f"{variant}_{node_type}"
+    root = Path(__file__).resolve().parent.parent
+    for kit in REGISTRY.get(variant).integrations:
+        source = (root / "integrations" / f"{kit}.py").read_text(encoding="utf-8")
+        expected = source.replace("from mixins.", f"from {name}.mixins.").replace(
+            "from integrations.", f"from {name}.integrations."
+        )
+        assert (rendered_nodes[name] / "src" / name / "integrations" / f"{kit}.py").read_text(
+            encoding="utf-8"
+        ) == expected
+        local = root / "integrations" / f"local_{kit}.py"
+        if local.exists():
+            copied = rendered_nodes[name] / "tests" / f"local_{kit}.py"
+            assert copied.read_bytes() == local.read_bytes()
 
 
 def test_mixins_are_copied_verbatim(rendered_nodes: dict[str, Path]) -> None:

@@ -12,7 +12,10 @@ from pathlib import Path
 import copier
 import yaml
 
+from selector import default_registry
 from tests.conftest import REPO_ROOT
+
+REGISTRY = default_registry()
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -79,10 +82,25 @@ def release(template: Path, tag: str) -> None:
     git(template, "tag", tag)
 
 
-def update(node: Path, ref: str) -> None:
+def update(node: Path, ref: str, data: dict[str, object] | None = None) -> None:
     copier.run_update(
-        str(node), defaults=True, unsafe=True, overwrite=True, vcs_ref=ref, quiet=True
+        str(node),
+        data=data or {},
+        defaults=True,
+        unsafe=True,
+        overwrite=True,
+        vcs_ref=ref,
+        quiet=True,
     )
+
+
+def shipped(node: Path, name: str, folder: str) -> set[str]:
+    return {p.stem for p in (node / "src" / name / folder).glob("*.py")} - {"__init__"}
+
+
+def commit_all(node: Path, message: str) -> None:
+    git(node, "add", "-A")
+    git(node, "commit", "-q", "-m", message)
 
 
 def append(path: Path, text: str) -> None:
@@ -138,6 +156,7 @@ def test_update_keeps_the_person_code_and_uses_the_new_selector(tmp_path: Path) 
     assert "Upgraded template section." in (node / "README.md").read_text()
     answers = yaml.safe_load((node / ".copier-answers.yml").read_text())
     assert answers["_commit"] == "1.1.0"
+    assert answers["_onex_selector_version"] == "1.1.0-test"
     assert answers["variant"] == "standard"
     assert not list(node.rglob("*.rej"))
     run_node_tests(node)
@@ -168,3 +187,129 @@ def test_update_across_two_tags_with_a_conflicting_edit(tmp_path: Path) -> None:
     assert "A 1.2.0 section." in (node / "README.md").read_text()
     assert yaml.safe_load((node / ".copier-answers.yml").read_text())["_commit"] == "1.2.0"
     assert not list(node.rglob("*.rej"))
+
+
+def test_switching_standard_to_production_keeps_the_person_choices(tmp_path: Path) -> None:
+    template = snapshot_template(tmp_path / "template")
+    answers = {
+        "node_name": "grower",
+        "variant": "standard",
+        "operations": ["fetch"],
+        "mixins_removed": ["health"],
+    }
+    node = scaffold(template, tmp_path / "node", answers, "1.0.0")
+    handlers = node / "src" / "grower" / "handlers.py"
+    append(handlers, "\n\n# the person's own logic\nMARKER = 1\n")
+    (node / "NOTES.md").write_text("my notes\n")
+    commit_all(node, "my work")
+
+    update(node, "1.0.0", {"variant": "production"})
+
+    production = set(REGISTRY.get("production").mixins)
+    # The variant's mixins, still without the one the person removed.
+    assert shipped(node, "grower", "mixins") == production - {"health"}
+    stored = yaml.safe_load((node / ".copier-answers.yml").read_text())
+    assert (stored["variant"], stored["mixins_removed"]) == ("production", ["health"])
+    assert "MARKER = 1" in handlers.read_text()
+    assert (node / "NOTES.md").read_text() == "my notes\n"
+    assert not list(node.rglob("*.rej"))
+    run_node_tests(node)
+
+
+def test_switching_minimal_to_database_heavy_keeps_the_handlers(tmp_path: Path) -> None:
+    template = snapshot_template(tmp_path / "template")
+    answers = {"node_name": "keeper", "variant": "minimal", "operations": ["store"]}
+    node = scaffold(template, tmp_path / "node", answers, "1.0.0")
+    handlers = node / "src" / "keeper" / "handlers.py"
+    append(handlers, "\n\n# the person's own logic\nMARKER = 1\n")
+    before = handlers.read_text()
+    commit_all(node, "my work")
+
+    update(node, "1.0.0", {"variant": "database_heavy"})
+
+    assert handlers.read_text() == before
+    assert shipped(node, "keeper", "integrations") == {"postgres"}
+    assert (node / "src" / "keeper" / "migrations" / "0001_initial.sql").exists()
+    assert "self.database = Database(" in (node / "src" / "keeper" / "resources.py").read_text()
+    # Example tests of handlers the person never had are not added by an update.
+    assert not (node / "tests" / "test_handlers_postgres.py").exists()
+    assert (node / "tests" / "test_postgres.py").exists()
+    assert not list(node.rglob("*.rej"))
+    run_node_tests(node)
+
+
+def test_switching_analytics_to_kafka_heavy_reducer(tmp_path: Path) -> None:
+    template = snapshot_template(tmp_path / "template")
+    answers = {
+        "node_name": "folder",
+        "node_type": "reducer",
+        "variant": "analytics",
+        "operations": ["fold"],
+    }
+    node = scaffold(template, tmp_path / "node", answers, "1.0.0")
+    handlers = node / "src" / "folder" / "handlers.py"
+    append(handlers, "\n\n# the person's own logic\nMARKER = 1\n")
+    commit_all(node, "my work")
+
+    update(node, "1.0.0", {"variant": "kafka_heavy"})
+
+    assert "MARKER = 1" in handlers.read_text()
+    assert shipped(node, "folder", "integrations") == {"kafka"}
+    assert "async def consume(" in (node / "src" / "folder" / "node.py").read_text()
+    assert not list(node.rglob("*.rej"))
+    run_node_tests(node)
+
+
+def test_a_dropped_mixin_is_kept_where_the_person_edited_it(tmp_path: Path) -> None:
+    template = snapshot_template(tmp_path / "template")
+    answers = {"node_name": "shrinker", "variant": "production", "operations": ["fetch"]}
+    node = scaffold(template, tmp_path / "node", answers, "1.0.0")
+    mixins = node / "src" / "shrinker" / "mixins"
+    append(mixins / "tracing.py", "\n\n# the person's tweak\nTWEAK = 1\n")
+    commit_all(node, "tweak a mixin")
+    dropped = set(REGISTRY.get("production").mixins) - set(REGISTRY.get("standard").mixins)
+    assert {"tracing", "events"} <= dropped
+
+    update(node, "1.0.0", {"variant": "standard"})
+
+    # The edited one stays (and the update says so); the untouched ones go.
+    assert "TWEAK = 1" in (mixins / "tracing.py").read_text()
+    assert not (mixins / "events.py").exists()
+    assert shipped(node, "shrinker", "mixins") == set(REGISTRY.get("standard").mixins) | {"tracing"}
+
+
+def test_nodes_from_before_0_2_0_get_their_mixins_answer_migrated(tmp_path: Path) -> None:
+    template = snapshot_template(tmp_path / "template")
+    config = template / "copier.yml"
+    current = config.read_text()
+    start = current.index("# Stored as changes to the variant's own mixins")
+    end = current.index("author_name:")
+    config.write_text(current[:start] + OLD_MIXINS_QUESTION + current[end:])
+    git(template, "commit", "-q", "-am", "the 0.1.0 questionnaire: a stored mixins list")
+    git(template, "tag", "0.1.0")
+    chosen = ["structured_logging", "metrics", "tracing"]
+    answers = {"node_name": "elder", "variant": "standard", "mixins": chosen}
+    node = scaffold(template, tmp_path / "node", answers, "0.1.0")
+    assert yaml.safe_load((node / ".copier-answers.yml").read_text())["mixins"] == chosen
+
+    config.write_text(current)
+    release(template, "0.2.0")
+    update(node, "0.2.0")
+
+    stored = yaml.safe_load((node / ".copier-answers.yml").read_text())
+    own = REGISTRY.get("standard").mixins
+    assert "mixins" not in stored
+    assert stored["mixins_added"] == [m for m in chosen if m not in own]
+    assert stored["mixins_removed"] == [m for m in own if m not in chosen]
+    assert shipped(node, "elder", "mixins") == set(chosen)
+    run_node_tests(node)
+
+
+OLD_MIXINS_QUESTION = """mixins:
+  type: str
+  multiselect: true
+  help: Mixins to include (defaults to the chosen variant's suggestions)
+  default: "{{ onex_suggested_mixins(variant) }}"
+  choices: "{{ onex_mixin_choices() }}"
+
+"""

@@ -87,3 +87,12 @@ def test_variants_must_fit_the_node_type() -> None:
 def test_mixins() -> None:
     assert mixins_problem(["retry", "metrics"]) == ""
     assert "'teleport' is not a mixin" in mixins_problem(["teleport"])
+
+
+def test_mixins_must_keep_what_the_variants_kits_import() -> None:
+    problem = mixins_problem(["retry", "metrics"], "api_heavy")
+    assert "api_heavy" in problem
+    assert "http" in problem
+    assert "circuit_breaker" in problem
+    assert mixins_problem(["circuit_breaker"], "api_heavy") == ""
+    assert mixins_problem(["retry"], "standard") == ""

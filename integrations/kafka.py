@@ -1,0 +1,1260 @@
+"""Kafka for asyncio nodes: an idempotent producer, an at-least-once consumer with a dead-letter
+topic, and exactly-once consume-transform-produce, over confluent-kafka (librdkafka).
+
+The asyncio bridge is written here, not taken from ``confluent_kafka.aio``:
+
+* ``AIOProducer.produce`` refuses message headers (it batches through ``produce_batch``,
+  which has none), and the dead-letter records need them; it is a coroutine, so there is no
+  enqueue-without-awaiting for hot loops; and its own buffer holds a lone message up to
+  ``buffer_timeout`` (1 s) unless flushed. Measured on one 2-core machine (100,000 messages
+  of 200 bytes, each acknowledged, lz4, linger 5 ms, idempotent, acks=all, local Tansu;
+  medians of 7 runs): AIOProducer 53k msg/s; ``send_nowait`` + ``flush`` here 155k msg/s;
+  the raw client with nothing but a future and a Delivery per message 177k msg/s. Per-message
+  futures are the cost: the raw client reaches 437k msg/s with a bare delivery callback and
+  692k msg/s without any.
+* ``AIOConsumer`` runs every call on a thread pool (100 threads by default) and leaves
+  committing after processing, dead-lettering and rebalance bookkeeping to the caller, which
+  is what this module is for.
+
+How the bridge works: ``produce()`` is called on the event loop (it only queues in
+librdkafka's memory, never blocks), and delivery reports are served on the loop too, by
+``poll(0)`` (never blocks) from a pump task every millisecond while messages are in flight
+and every few hundred sends from a caller that does not yield, so futures are settled
+directly, with no thread hand-off per message. Calls that wait on the network (flush,
+commit, consume, transactions) run on one worker thread per client; reports they serve are
+handed to the loop in batches with ``call_soon_threadsafe``. ``stop()`` joins that thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from types import TracebackType
+from typing import Any, Literal, ParamSpec, Self, TypeVar, cast
+
+import confluent_kafka as ck
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = [
+    "Compression",
+    "Consumer",
+    "Delivery",
+    "HandlerError",
+    "KafkaError",
+    "KafkaMetrics",
+    "Producer",
+    "Record",
+    "TransactionalProcessor",
+    "dead_letter_headers",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+_Job = tuple[Callable[[], object], "asyncio.Future[Any]"]
+# Bound once: the send path and the delivery callback use them once per message.
+_Future = asyncio.Future
+_get_ident = threading.get_ident
+
+Compression = Literal["none", "gzip", "lz4", "snappy", "zstd"]
+Transform = Callable[["Record"], Awaitable[Sequence[tuple[str, bytes | None, bytes]]]]
+
+_log = logging.getLogger(__name__)
+
+# Settings the delivery guarantees of this module rest on; `extra` may not override them.
+_PRODUCER_FIXED = frozenset({"enable.idempotence", "acks", "request.required.acks"})
+_CONSUMER_FIXED = frozenset({"enable.auto.commit", "enable.auto.offset.store", "group.id"})
+# Connection settings a consumer's `extra` shares with the dead-letter producer it builds.
+_CONNECTION_PREFIXES = ("security.", "sasl.", "ssl.", "socket.", "client.", "broker.")
+# Commit failures meaning the partitions moved to another member: its records are redelivered
+# there (at least once), so they are reported, not raised.
+_REBALANCED = frozenset(
+    {
+        ck.KafkaError.REBALANCE_IN_PROGRESS,
+        ck.KafkaError.ILLEGAL_GENERATION,
+        ck.KafkaError.UNKNOWN_MEMBER_ID,
+        ck.KafkaError._NO_OFFSET,
+    }
+)
+# While messages are in flight, delivery reports are served this often (and every
+# _POLL_EVERY sends by a caller enqueueing in a tight loop).
+_PUMP_INTERVAL_S = 0.001
+_POLL_EVERY = 256
+
+
+class KafkaError(Exception):
+    """A Kafka operation failed. ``code`` is librdkafka's error name when it reported one;
+    ``retriable`` says trying again may succeed, ``fatal`` that the client is unusable."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retriable: bool = False,
+        fatal: bool = False,
+        txn_requires_abort: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retriable = retriable
+        self.fatal = fatal
+        self.txn_requires_abort = txn_requires_abort
+
+    @classmethod
+    def wrap(cls, context: str, error: BaseException | ck.KafkaError) -> KafkaError:
+        """Describe a librdkafka error (or the KafkaException carrying it) as ``context: why``."""
+        err = error.args[0] if isinstance(error, ck.KafkaException) and error.args else error
+        if isinstance(err, ck.KafkaError):
+            return cls(
+                f"{context}: {err.str()} ({err.name()})",
+                code=err.name(),
+                retriable=err.retriable(),
+                fatal=err.fatal(),
+                txn_requires_abort=err.txn_requires_abort(),
+            )
+        return cls(f"{context}: {err}")
+
+
+class HandlerError(KafkaError):
+    """A handler raised for ``record`` and no dead-letter topic was configured; the offsets of
+    the records before it are committed, the record itself is not."""
+
+    def __init__(self, record: Record, error: BaseException) -> None:
+        super().__init__(
+            f"handler failed for {record.topic}[{record.partition}]@{record.offset} "
+            f"and no dead-letter topic is configured: {type(error).__name__}: {error}"
+        )
+        self.record = record
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Where the broker stored an acknowledged message."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A consumed message. A tombstone (null value) arrives as ``b""``, a null header value
+    as ``b""``."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+
+class KafkaMetrics:
+    """Produced/consumed messages and bytes per topic, errors per topic and kind, dead-lettered
+    records per source topic, and consumer lag per partition.
+
+    One instance per (registry, name): a producer and a consumer given the same registry and
+    name share these series instead of colliding. Bytes are value bytes. Error kinds:
+    ``delivery``, ``produce``, ``consume``, ``handler``, ``commit``, ``transaction``,
+    ``client``.
+    """
+
+    def __init__(self, name: str, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.produced_messages = Counter(
+            f"{name}_produced_messages",
+            "Messages acknowledged by the broker.",
+            ["topic"],
+            registry=registry,
+        )
+        self.produced_bytes = Counter(
+            f"{name}_produced_bytes", "Value bytes acknowledged.", ["topic"], registry=registry
+        )
+        self.consumed_messages = Counter(
+            f"{name}_consumed_messages",
+            "Records processed (handled or dead-lettered).",
+            ["topic"],
+            registry=registry,
+        )
+        self.consumed_bytes = Counter(
+            f"{name}_consumed_bytes", "Value bytes processed.", ["topic"], registry=registry
+        )
+        self.errors = Counter(
+            f"{name}_errors", "Errors by topic and kind.", ["topic", "kind"], registry=registry
+        )
+        self.dead_lettered = Counter(
+            f"{name}_dead_lettered",
+            "Records sent to the dead-letter topic, by source topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            f"{name}_consumer_lag",
+            "High watermark minus committed offset, per assigned partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+
+    @classmethod
+    def get(cls, name: str, registry: CollectorRegistry | None) -> KafkaMetrics:
+        """The metrics for ``name`` in ``registry`` (a private registry if None)."""
+        registry = registry if registry is not None else CollectorRegistry()
+        with _METRICS_LOCK:
+            by_name = _METRICS.setdefault(registry, {})
+            if name not in by_name:
+                by_name[name] = cls(name, registry)
+            return by_name[name]
+
+
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, KafkaMetrics]] = (
+    weakref.WeakKeyDictionary()
+)
+_METRICS_LOCK = threading.Lock()
+
+
+def _check_extra(extra: Mapping[str, object] | None, fixed: frozenset[str]) -> dict[str, object]:
+    conf = dict(extra or {})
+    overridden = sorted(fixed & conf.keys())
+    if overridden:
+        raise ValueError(f"extra may not set {', '.join(overridden)}: this client relies on it")
+    return conf
+
+
+def _settle(fut: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen: the failure is reported elsewhere."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+class _Worker:
+    """One thread running a client's blocking calls in order, off the event loop.
+
+    One thread per client serialises the calls, which librdkafka's consumer needs anyway. It
+    is owned (not the loop's default executor), so ``stop()`` joins it; the thread reports its
+    exit to the loop, so that join never blocks the loop.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._exited: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._exited = loop.create_future()
+        self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+        self._thread.start()
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` on the worker thread. Cancelling the caller does not stop a call that
+        already runs; its result is dropped."""
+        if self._thread is None or self._loop is None:
+            raise KafkaError(f"{self._name} is not started")
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((partial(fn, *args, **kwargs), fut))
+        return await fut
+
+    def _main(self) -> None:
+        loop, exited = self._loop, self._exited
+        assert loop is not None
+        assert exited is not None
+        try:
+            while (job := self._jobs.get()) is not None:
+                fn, fut = job
+                result: object = None
+                error: BaseException | None = None
+                try:
+                    result = fn()
+                except BaseException as exc:  # handed to the awaiting coroutine
+                    error = exc
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, fut, result, error)
+        finally:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, exited, None, None)
+
+    async def stop(self) -> None:
+        """Let the calls already queued finish, then end and join the thread."""
+        if self._thread is None or self._exited is None:
+            return
+        self._jobs.put(None)
+        await asyncio.shield(self._exited)
+        self._thread.join()
+        self._thread = None
+
+
+class Producer:
+    """An idempotent (``enable.idempotence``, ``acks=all``) asyncio Kafka producer.
+
+    ``batch_size`` is librdkafka's ``batch.size``: the most bytes sent to one partition in one
+    request (``batch.num.messages``, 10,000 by default, caps the count; set it via ``extra``).
+    ``delivery_timeout_ms`` bounds how long a message may take to be acknowledged, retries
+    included. With ``transactional_id`` the producer is transactional: ``start()`` registers it
+    (fencing older instances with the same id) and messages may only be sent inside
+    ``begin_transaction()`` / ``commit_transaction()``.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        linger_ms: float = 5.0,
+        batch_size: int = 1_000_000,
+        compression: Compression = "lz4",
+        transactional_id: str | None = None,
+        delivery_timeout_ms: int = 30_000,
+        extra: Mapping[str, object] | None = None,
+        name: str = "kafka",
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        conf = _check_extra(extra, _PRODUCER_FIXED)
+        conf.update(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": linger_ms,
+                "batch.size": batch_size,
+                "compression.type": compression,
+                "delivery.timeout.ms": delivery_timeout_ms,
+            }
+        )
+        if transactional_id is not None:
+            conf["transactional.id"] = transactional_id
+        self._conf = conf
+        self._name = name
+        self.metrics = KafkaMetrics.get(name, registry)
+        self._client: ck.Producer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._report = self._on_delivery  # bound once: one delivery callback per message
+        self._worker = _Worker(f"{name}-producer")
+        self._pump_task: asyncio.Task[None] | None = None
+        self._pump_wakeup = asyncio.Event()
+        self._flushing = False
+        self._inflight = 0  # handed to librdkafka, delivery report not yet settled
+        self._since_poll = 0
+        # Delivery reports served on the worker thread (during flush and commit), settled on
+        # the loop; deque append/popleft are thread-safe.
+        self._reports: deque[tuple[asyncio.Future[Delivery], ck.KafkaError | None, ck.Message]]
+        self._reports = deque()
+        self._wake_scheduled = False
+        # Messages librdkafka's queue had no room for, in send order, produced as room frees up.
+        self._overflow: deque[
+            tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]], asyncio.Future[Delivery]]
+        ] = deque()
+        # Acknowledged messages and bytes per topic, and failures, not yet added to the metrics
+        # (added once per poll rather than per message: a labelled increment costs a lock).
+        self._acked: dict[str, list[int]] = {}
+        self._failed: dict[str, int] = {}
+
+    @property
+    def config(self) -> dict[str, object]:
+        """The configuration handed to librdkafka (without callbacks)."""
+        return dict(self._conf)
+
+    @property
+    def transactional_id(self) -> str | None:
+        return cast("str | None", self._conf.get("transactional.id"))
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        """Create the client, its worker thread and report pump; register the transactional
+        id if there is one."""
+        if self._client is not None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            client = ck.Producer({**self._conf, "error_cb": self._on_client_error, "logger": _log})
+        except ck.KafkaException as exc:
+            raise KafkaError.wrap(f"{self._name}: invalid producer configuration", exc) from exc
+        self._client = client
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._worker.start(loop)
+        self._pump_wakeup = asyncio.Event()
+        self._pump_task = loop.create_task(self._pump(client), name=f"{self._name}-producer-pump")
+        if self.transactional_id is not None:
+            try:
+                await self._txn_call("init_transactions", client.init_transactions, timeout_s)
+            except BaseException:
+                await self._shutdown(0)
+                raise
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Flush (up to ``timeout_s``), then stop the worker thread and close the client.
+
+        Messages still undelivered then are purged: their futures fail with KafkaError (and
+        are counted and logged), but stop() itself does not raise for them, so that shutting
+        down goes on to close everything else.
+        """
+        if self._client is None:
+            return
+        try:
+            await self.flush(timeout_s)
+        except KafkaError as exc:
+            _log.warning("kafka producer %s: stopping without delivering all: %s", self._name, exc)
+        finally:
+            await self._shutdown(timeout_s)
+
+    async def _shutdown(self, timeout_s: float) -> None:
+        client = self._client
+        assert client is not None
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+            self._pump_task = None
+        try:
+            await self._worker.call(self._close_client, client, timeout_s)
+        finally:
+            await self._worker.stop()
+            self._client = None
+            self._settle_reports()
+            self._fail_overflow("producer stopped before the message was sent")
+
+    def _close_client(self, client: ck.Producer, timeout_s: float) -> None:
+        # Purged messages get a failed delivery report, served (for the loop) by this poll.
+        client.purge(in_queue=True, in_flight=True, blocking=False)
+        deadline = time.monotonic() + max(timeout_s, 1.0)
+        while len(client) and time.monotonic() < deadline:
+            client.poll(0.05)
+        client.poll(0)
+        client.close()
+
+    def send_nowait(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> asyncio.Future[Delivery]:
+        """Queue a message and return a future resolved with its Delivery once the broker has
+        acknowledged it, or failed with KafkaError.
+
+        Never blocks: when librdkafka's queue is full the message waits here, in order, until
+        there is room. Keep the futures (or ``flush()``) to learn about failures.
+        """
+        client = self._client
+        if client is None or self._loop is None:
+            raise KafkaError(f"{self._name}: producer is not started")
+        fut: asyncio.Future[Delivery] = _Future(loop=self._loop)
+        if self._overflow:
+            self._overflow.append((topic, value, key, headers, fut))
+            return fut
+        try:
+            if headers:
+                client.produce(
+                    topic,
+                    value,
+                    key,
+                    on_delivery=partial(self._report, fut),
+                    headers=list(headers),
+                )
+            else:  # positionally (partition, callback): no keyword dict on the hot path
+                client.produce(topic, value, key, -1, partial(self._report, fut))
+        except BufferError:
+            self._overflow.append((topic, value, key, headers, fut))
+            self._pump_wakeup.set()
+            return fut
+        except ck.KafkaException as exc:
+            self.metrics.errors.labels(topic, "produce").inc()
+            raise KafkaError.wrap(f"{self._name}: cannot produce to {topic}", exc) from exc
+        if not self._inflight:
+            self._pump_wakeup.set()
+        self._inflight += 1
+        self._since_poll += 1
+        if self._since_poll >= _POLL_EVERY:
+            # A caller enqueueing in a tight loop never yields to the pump: serve reports here.
+            self._since_poll = 0
+            client.poll(0)
+            self._publish_counts()
+        return fut
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> Delivery:
+        """Send a message and wait until the broker acknowledged it (or raise KafkaError)."""
+        return await self.send_nowait(topic, value, key=key, headers=headers)
+
+    async def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every message sent so far is acknowledged or failed (each future says
+        which); raise KafkaError if that takes longer than ``timeout_s``."""
+        client = self._require_client()
+        deadline = time.monotonic() + timeout_s
+        while self._overflow or self._inflight:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise KafkaError(
+                    f"{self._name}: flush timed out after {timeout_s} s with "
+                    f"{self._inflight + len(self._overflow)} message(s) undelivered",
+                    retriable=True,
+                )
+            # librdkafka's flush sends at once, ignoring linger.ms, and serves the reports.
+            self._flushing = True
+            try:
+                queued = await self._worker.call(self._flush_client, client, remaining)
+            finally:
+                self._flushing = False
+            self._settle_reports()
+            if queued == 0 and self._inflight and not self._overflow:
+                await asyncio.sleep(0.001)  # the last reports are on their way to the loop
+
+    def _flush_client(self, client: ck.Producer, timeout_s: float) -> int:
+        queued = client.flush(timeout_s)
+        self._wake_loop()
+        return queued
+
+    # Transactions -------------------------------------------------------------------------
+
+    async def begin_transaction(self) -> None:
+        client = self._require_client()
+        await self._txn_call("begin_transaction", client.begin_transaction)
+
+    async def commit_transaction(self, timeout_s: float = 30.0) -> None:
+        """Flush the transaction's messages, then commit it (and any offsets sent to it)."""
+        client = self._require_client()
+        await self.flush(timeout_s)
+        await self._txn_call("commit_transaction", client.commit_transaction, timeout_s)
+
+    async def abort_transaction(self, timeout_s: float = 30.0) -> None:
+        """Abort the open transaction; its queued messages' futures fail with KafkaError."""
+        client = self._require_client()
+        self._fail_overflow("transaction aborted before the message was sent")
+        await self._txn_call("abort_transaction", client.abort_transaction, timeout_s)
+
+    async def _send_offsets_to_transaction(
+        self, offsets: list[ck.TopicPartition], group_metadata: object, timeout_s: float
+    ) -> None:
+        client = self._require_client()
+        await self._txn_call(
+            "send_offsets_to_transaction",
+            client.send_offsets_to_transaction,
+            offsets,
+            group_metadata,
+            timeout_s,
+        )
+
+    async def _txn_call(self, what: str, fn: Callable[..., None], *args: object) -> None:
+        try:
+            await self._worker.call(self._call_and_wake, fn, *args)
+        except ck.KafkaException as exc:
+            self.metrics.errors.labels("", "transaction").inc()
+            raise KafkaError.wrap(f"{self._name}: {what} failed", exc) from exc
+        finally:
+            self._settle_reports()
+
+    def _call_and_wake(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        finally:
+            self._wake_loop()  # commit and abort serve delivery reports on this thread
+
+    def _require_client(self) -> ck.Producer:
+        if self._client is None:
+            raise KafkaError(f"{self._name}: producer is not started")
+        return self._client
+
+    # Delivery reports ---------------------------------------------------------------------
+
+    async def _pump(self, client: ck.Producer) -> None:
+        """Serve delivery reports on the loop while messages are in flight (poll(0) never
+        blocks); sleep on an event while none are."""
+        while True:
+            if not (self._inflight or self._overflow):
+                self._pump_wakeup.clear()
+                await self._pump_wakeup.wait()
+                continue
+            if not self._flushing:  # flush serves them on the worker meanwhile
+                try:
+                    client.poll(0)
+                    self._settle_reports()
+                except Exception:  # a callback failed; the pump must go on regardless
+                    _log.exception("kafka producer %s: serving delivery reports", self._name)
+            await asyncio.sleep(_PUMP_INTERVAL_S)
+
+    def _on_delivery(
+        self, fut: asyncio.Future[Delivery], err: ck.KafkaError | None, msg: ck.Message
+    ) -> None:
+        if _get_ident() != self._loop_thread:
+            # Served on the worker (flush, transactions): futures belong to the loop.
+            self._reports.append((fut, err, msg))
+            return
+        self._inflight -= 1
+        topic: str = msg.topic()  # type: ignore[assignment]  # set on every delivery report
+        if err is None:
+            acked = self._acked.get(topic)
+            if acked is None:
+                acked = self._acked[topic] = [0, 0]
+            acked[0] += 1
+            acked[1] += len(msg)
+            if not fut.done():  # a cancelled send()
+                fut.set_result(Delivery(topic, msg.partition(), msg.offset()))  # type: ignore[arg-type]
+        else:
+            self._failed[topic] = self._failed.get(topic, 0) + 1
+            if not fut.done():
+                fut.set_exception(KafkaError.wrap(f"delivery to {topic} failed", err))
+
+    def _wake_loop(self) -> None:
+        """(Worker thread) Have the loop settle the reports collected here: one wake-up per
+        batch, not per message."""
+        if self._reports and not self._wake_scheduled and self._loop is not None:
+            self._wake_scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(self._settle_reports)
+
+    def _settle_reports(self) -> None:
+        """Settle the reports the worker collected, publish counts, refill from overflow."""
+        self._wake_scheduled = False  # before draining: a report appended later wakes again
+        reports = self._reports
+        while reports:
+            try:
+                fut, err, msg = reports.popleft()
+            except IndexError:
+                break
+            self._on_delivery(fut, err, msg)  # on the loop thread: settles
+        self._publish_counts()
+        self._drain_overflow()
+
+    def _publish_counts(self) -> None:
+        if self._acked:
+            for topic, (messages, size) in self._acked.items():
+                self.metrics.produced_messages.labels(topic).inc(messages)
+                self.metrics.produced_bytes.labels(topic).inc(size)
+            self._acked.clear()
+        if self._failed:
+            for topic, count in self._failed.items():
+                self.metrics.errors.labels(topic, "delivery").inc(count)
+            self._failed.clear()
+
+    def _drain_overflow(self) -> None:
+        client = self._client
+        overflow = self._overflow
+        while overflow and client is not None:
+            topic, value, key, headers, fut = overflow[0]
+            if fut.done():  # the caller gave up on it (cancelled): do not send it
+                overflow.popleft()
+                continue
+            try:
+                client.produce(
+                    topic,
+                    value,
+                    key,
+                    on_delivery=partial(self._report, fut),
+                    headers=list(headers) if headers else None,
+                )
+            except BufferError:
+                return
+            except ck.KafkaException as exc:
+                self.metrics.errors.labels(topic, "produce").inc()
+                fut.set_exception(KafkaError.wrap(f"{self._name}: cannot produce to {topic}", exc))
+            else:
+                self._inflight += 1
+            overflow.popleft()
+
+    def _fail_overflow(self, why: str) -> None:
+        while self._overflow:
+            fut = self._overflow.popleft()[4]
+            if not fut.done():
+                fut.set_exception(KafkaError(f"{self._name}: {why}"))
+
+    def _on_client_error(self, err: ck.KafkaError) -> None:
+        self.metrics.errors.labels("", "client").inc()
+        _log.warning("kafka producer %s: %s", self._name, err)
+
+
+class Consumer:
+    """An at-least-once asyncio consumer: offsets are committed only after records are
+    processed.
+
+    ``run()`` hands records to the handler one at a time, in partition order, and commits
+    (synchronously, confirmed by the broker) after each fetched batch of up to ``max_batch``
+    records. A crash or cancellation before that commit means the batch is delivered again,
+    to this group, after a restart or rebalance: handlers must be idempotent. A handler that
+    raises sends the record to ``dead_letter_topic`` (with ``dlq.*`` headers), or, without
+    one, stops ``run()`` with HandlerError; nothing is ever skipped silently.
+
+    The dead-letter producer is ``dead_letter_producer`` if given (started and stopped by its
+    owner), otherwise one built from ``bootstrap_servers`` and the connection settings
+    (``security.*``, ``sasl.*``, ``ssl.*``, ...) in ``extra``.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        dead_letter_topic: str | None = None,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
+        auto_offset_reset: str = "earliest",
+        max_batch: int = 500,
+        poll_timeout_s: float = 0.2,
+        extra: Mapping[str, object] | None = None,
+        name: str = "kafka",
+        registry: CollectorRegistry | None = None,
+        dead_letter_producer: Producer | None = None,
+    ) -> None:
+        if not topics:
+            raise ValueError("topics must not be empty")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        conf = _check_extra(extra, _CONSUMER_FIXED)
+        conf.update(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": auto_offset_reset,
+                "session.timeout.ms": session_timeout_ms,
+                "heartbeat.interval.ms": heartbeat_interval_ms,
+            }
+        )
+        self._conf = conf
+        self._topics = list(topics)
+        self._name = name
+        self._max_batch = max_batch
+        self._poll_timeout_s = poll_timeout_s
+        self._earliest = auto_offset_reset in ("earliest", "smallest", "beginning")
+        self.dead_letter_topic = dead_letter_topic
+        self.metrics = KafkaMetrics.get(name, registry)
+        self._dlq_producer = dead_letter_producer
+        self._owns_dlq_producer = False
+        if dead_letter_topic is not None and dead_letter_producer is None:
+            shared = {k: v for k, v in conf.items() if k.startswith(_CONNECTION_PREFIXES)}
+            self._dlq_producer = Producer(
+                bootstrap_servers, linger_ms=0, extra=shared, name=name, registry=registry
+            )
+            self._owns_dlq_producer = True
+        self._client: ck.Consumer | None = None
+        self._worker = _Worker(f"{name}-consumer")
+        # Fetched, not yet processed; filled on the worker thread (never while the loop reads
+        # it: the loop only touches it between awaited worker calls).
+        self._buffer: deque[Record] = deque()
+        self._assigned: frozenset[tuple[str, int]] = frozenset()
+        self._rebalanced = False
+        self._running = False
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Create the client and subscribe; the group is joined by the first fetch."""
+        if self._client is not None:
+            return
+        try:
+            client = ck.Consumer({**self._conf, "error_cb": self._on_client_error, "logger": _log})
+        except ck.KafkaException as exc:
+            raise KafkaError.wrap(f"{self._name}: invalid consumer configuration", exc) from exc
+        self._worker.start(asyncio.get_running_loop())
+        self._client = client
+        try:
+            await self._worker.call(
+                client.subscribe,
+                self._topics,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+            if self._owns_dlq_producer and self._dlq_producer is not None:
+                await self._dlq_producer.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Leave the group and close, committing nothing more: records fetched but not
+        processed are delivered again to whoever gets their partitions."""
+        client = self._client
+        if client is None:
+            return
+        try:
+            await self._worker.call(client.close)
+        finally:
+            await self._worker.stop()
+            self._client = None
+            self._buffer.clear()
+            self._assigned = frozenset()
+            if self._owns_dlq_producer and self._dlq_producer is not None:
+                await self._dlq_producer.stop()
+
+    def assignment(self) -> list[tuple[str, int]]:
+        """The (topic, partition) pairs this member holds, as of its last fetch."""
+        return sorted(self._assigned)
+
+    async def wait_for_assignment(self, timeout_s: float = 30.0) -> list[tuple[str, int]]:
+        """Fetch (buffering, not processing, what arrives) until the group gave this member
+        partitions; raise KafkaError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        self._enter_run()
+        try:
+            while not self._assigned:
+                if time.monotonic() > deadline:
+                    raise KafkaError(f"{self._name}: no partitions assigned after {timeout_s} s")
+                await self._worker.call(self._fetch, self._require_client())
+        finally:
+            self._running = False
+        return self.assignment()
+
+    async def run(
+        self,
+        handle: Callable[[Record], Awaitable[None]],
+        *,
+        stop: asyncio.Event | None = None,
+        max_records: int | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> int:
+        """Process records until ``stop`` is set, ``max_records`` were processed, or none
+        arrived for ``idle_timeout_s``; return how many were processed (dead-lettered ones
+        included). Offsets are committed after each batch and before returning."""
+        client = self._require_client()
+        self._enter_run()
+        processed = 0
+        idle_since = time.monotonic()
+        try:
+            while not (stop is not None and stop.is_set()) and (
+                max_records is None or processed < max_records
+            ):
+                if not self._buffer:
+                    await self._worker.call(self._fetch, client)
+                    if not self._buffer:
+                        if (
+                            idle_timeout_s is not None
+                            and time.monotonic() - idle_since >= idle_timeout_s
+                        ):
+                            break
+                        continue
+                idle_since = time.monotonic()
+                limit = None if max_records is None else max_records - processed
+                processed += await self._process_batch(handle, limit, stop)
+        finally:
+            self._running = False
+        return processed
+
+    async def _process_batch(
+        self,
+        handle: Callable[[Record], Awaitable[None]],
+        limit: int | None,
+        stop: asyncio.Event | None,
+    ) -> int:
+        """Handle the buffered records (up to ``limit``), then commit what was processed.
+
+        A handler exception without a dead-letter topic still commits the records before it.
+        Cancellation (or any BaseException) commits nothing, like a crash would.
+        """
+        offsets: dict[tuple[str, int], int] = {}
+        sizes: dict[str, list[int]] = {}
+        done = 0
+        try:
+            while self._buffer and (limit is None or done < limit):
+                if stop is not None and stop.is_set():
+                    break
+                record = self._buffer[0]
+                try:
+                    await handle(record)
+                except Exception as exc:
+                    self.metrics.errors.labels(record.topic, "handler").inc()
+                    if self.dead_letter_topic is None:
+                        raise HandlerError(record, exc) from exc
+                    await self._dead_letter(record, exc)
+                if self._buffer and self._buffer[0] is record:  # not dropped by a rebalance
+                    self._buffer.popleft()
+                offsets[(record.topic, record.partition)] = record.offset + 1
+                size = sizes.setdefault(record.topic, [0, 0])
+                size[0] += 1
+                size[1] += len(record.value)
+                done += 1
+        except Exception:
+            await self._commit(offsets)
+            raise
+        finally:
+            for topic, (messages, nbytes) in sizes.items():
+                self.metrics.consumed_messages.labels(topic).inc(messages)
+                self.metrics.consumed_bytes.labels(topic).inc(nbytes)
+        await self._commit(offsets)
+        return done
+
+    async def _dead_letter(self, record: Record, error: Exception) -> None:
+        producer = self._dlq_producer
+        assert producer is not None
+        assert self.dead_letter_topic is not None
+        try:
+            await producer.send(
+                self.dead_letter_topic,
+                record.value,
+                key=record.key,
+                headers=dead_letter_headers(record, error),
+            )
+        except KafkaError as exc:
+            raise KafkaError(
+                f"{self._name}: could not dead-letter {record.topic}[{record.partition}]"
+                f"@{record.offset} to {self.dead_letter_topic}: {exc}",
+                code=exc.code,
+                retriable=exc.retriable,
+            ) from exc
+        self.metrics.dead_lettered.labels(record.topic).inc()
+        _log.warning(
+            "kafka consumer %s: dead-lettered %s[%d]@%d: %s: %s",
+            self._name,
+            record.topic,
+            record.partition,
+            record.offset,
+            type(error).__name__,
+            error,
+        )
+
+    async def _commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        if offsets:
+            await self._worker.call(self._commit_sync, self._require_client(), dict(offsets))
+
+    def _commit_sync(self, client: ck.Consumer, offsets: dict[tuple[str, int], int]) -> None:
+        tps = [ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            results = client.commit(offsets=tps, asynchronous=False)
+        except ck.KafkaException as exc:
+            self._commit_failed(tps, exc)
+            return
+        for tp in results:
+            if tp.error is not None:
+                self._commit_failed([tp], ck.KafkaException(tp.error))
+            else:
+                # Cached watermarks come with fetch responses: no request for the lag gauge.
+                _, high = client.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                        max(high - tp.offset, 0)
+                    )
+
+    def _commit_failed(self, tps: list[ck.TopicPartition], exc: ck.KafkaException) -> None:
+        for tp in tps:
+            self.metrics.errors.labels(tp.topic, "commit").inc()
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, ck.KafkaError) and err.code() in _REBALANCED:
+            _log.warning(
+                "kafka consumer %s: commit lost to a rebalance (records will be redelivered): %s",
+                self._name,
+                err,
+            )
+            return
+        raise KafkaError.wrap(f"{self._name}: commit failed", exc) from exc
+
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition: high watermark minus the committed offset (or, with none
+        committed yet, minus where consumption starts). Also sets the lag gauge.
+
+        The high watermark is the one the latest fetch response carried, so lag is as fresh
+        as the consumer's fetching (continuous while partitions are assigned)."""
+        return await self._worker.call(self._lag_sync, self._require_client())
+
+    def _lag_sync(self, client: ck.Consumer) -> dict[tuple[str, int], int]:
+        tps = [ck.TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        if not tps:
+            return {}
+        try:
+            committed = client.committed(tps, timeout=10)
+            positions = client.position(tps)
+            # Fetched but unprocessed records are backlog too (the position is past them).
+            # list() copies the deque in one step, so the loop cannot change it meanwhile.
+            buffered: dict[tuple[str, int], int] = {}
+            for record in list(self._buffer):
+                buffered.setdefault((record.topic, record.partition), record.offset)
+            lags: dict[tuple[str, int], int] = {}
+            for tp, done, pos in zip(tps, committed, positions, strict=True):
+                # The high watermark of the latest fetch response (librdkafka keeps fetching
+                # while partitions are assigned); asked of the broker only if none came yet.
+                low, high = client.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    low, high = client.get_watermark_offsets(tp, timeout=10, cached=False)
+                if done.offset >= 0:
+                    start = done.offset
+                elif (tp.topic, tp.partition) in buffered:
+                    start = buffered[(tp.topic, tp.partition)]
+                elif pos.offset >= 0:
+                    start = pos.offset
+                else:
+                    start = max(low, 0) if self._earliest else high
+                lags[(tp.topic, tp.partition)] = max(high - start, 0)
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    lags[(tp.topic, tp.partition)]
+                )
+        except ck.KafkaException as exc:
+            raise KafkaError.wrap(f"{self._name}: could not read offsets", exc) from exc
+        return lags
+
+    async def committed(self) -> dict[tuple[str, int], int]:
+        """The group's committed offset per assigned partition (-1001 if none)."""
+        return await self._worker.call(self._committed_sync, self._require_client())
+
+    def _committed_sync(self, client: ck.Consumer) -> dict[tuple[str, int], int]:
+        tps = [ck.TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        if not tps:
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in client.committed(tps, timeout=10)}
+
+    # Fetching and rebalancing (worker thread) ---------------------------------------------
+
+    def _fetch(self, client: ck.Consumer) -> None:
+        """Fetch up to ``max_batch`` records into the buffer (this also joins the group and
+        runs rebalance callbacks)."""
+        self._rebalanced = False
+        messages = client.consume(self._max_batch, self._poll_timeout_s)
+        records: list[Record] = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                self.metrics.errors.labels(msg.topic() or "", "consume").inc()
+                if err.fatal():
+                    raise KafkaError.wrap(f"{self._name}: consumer failed", err)
+                _log.warning("kafka consumer %s: %s", self._name, err)
+                continue
+            topic = cast(str, msg.topic())
+            partition = cast(int, msg.partition())
+            # Fetched before a revocation in this same call: the new owner will process it.
+            if self._rebalanced and (topic, partition) not in self._assigned:
+                continue
+            headers = msg.headers()
+            records.append(
+                Record(
+                    topic,
+                    partition,
+                    cast(int, msg.offset()),
+                    msg.key(),
+                    msg.value() or b"",
+                    _record_headers(headers) if headers else (),
+                )
+            )
+        self._buffer.extend(records)
+
+    def _on_assign(self, client: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
+        self._assigned = self._assigned | {(tp.topic, tp.partition) for tp in partitions}
+        self._rebalanced = True
+        _log.info("kafka consumer %s: assigned %s", self._name, _describe(partitions))
+
+    def _on_revoke(self, client: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned = self._assigned - revoked
+        self._rebalanced = True
+        # Everything processed is committed before a fetch, so only unprocessed records of
+        # the revoked partitions are buffered: their new owner gets them.
+        kept = [r for r in list(self._buffer) if (r.topic, r.partition) not in revoked]
+        self._buffer = deque(kept)
+        for topic, partition in revoked:
+            with contextlib.suppress(KeyError):  # no series yet
+                self.metrics.consumer_lag.remove(topic, str(partition))
+        _log.info("kafka consumer %s: revoked %s", self._name, _describe(partitions))
+
+    def _on_client_error(self, err: ck.KafkaError) -> None:
+        self.metrics.errors.labels("", "client").inc()
+        _log.warning("kafka consumer %s: %s", self._name, err)
+
+    # For TransactionalProcessor -----------------------------------------------------------
+
+    def _enter_run(self) -> None:
+        if self._running:
+            raise KafkaError(f"{self._name}: the consumer is already running")
+        self._running = True
+
+    def _require_client(self) -> ck.Consumer:
+        if self._client is None:
+            raise KafkaError(f"{self._name}: consumer is not started")
+        return self._client
+
+    async def _next_batch(self) -> list[Record]:
+        """The buffered records, fetching once if there are none (may be empty)."""
+        if not self._buffer:
+            await self._worker.call(self._fetch, self._require_client())
+        return list(self._buffer)
+
+    def _take(self, count: int) -> None:
+        for _ in range(count):
+            self._buffer.popleft()
+
+    async def _group_metadata(self) -> object:
+        client = self._require_client()
+        return await self._worker.call(client.consumer_group_metadata)
+
+
+def dead_letter_headers(record: Record, error: BaseException) -> list[tuple[str, bytes]]:
+    """The record's own headers plus where it came from and why it failed."""
+    return [
+        *record.headers,
+        ("dlq.error", f"{type(error).__name__}: {error}".encode()),
+        ("dlq.topic", record.topic.encode()),
+        ("dlq.partition", str(record.partition).encode()),
+        ("dlq.offset", str(record.offset).encode()),
+    ]
+
+
+def _record_headers(
+    headers: list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None],
+) -> tuple[tuple[str, bytes], ...]:
+    items = headers.items() if isinstance(headers, dict) else headers
+    return tuple(
+        (name, b"" if value is None else value.encode() if isinstance(value, str) else value)
+        for name, value in items
+    )
+
+
+def _describe(partitions: list[ck.TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+
+
+class TransactionalProcessor:
+    """Exactly-once consume-transform-produce: per fetched batch, one transaction holds the
+    outputs of ``transform`` and the consumer's offsets, so either both become visible (to
+    ``read_committed`` readers) or neither does.
+
+    The consumer commits nothing itself here. When the transaction fails it is aborted and
+    ``run()`` raises; the batch stays buffered, so calling ``run()`` again retries it (and a
+    restart re-reads it from the last committed offsets). A record whose ``transform`` raises
+    goes, inside the same transaction, to the consumer's dead-letter topic if it has one;
+    otherwise the transaction is aborted and HandlerError raised.
+    """
+
+    def __init__(
+        self, consumer: Consumer, producer: Producer, *, transaction_timeout_s: float = 30.0
+    ) -> None:
+        if producer.transactional_id is None:
+            raise ValueError("the producer needs a transactional_id")
+        self._consumer = consumer
+        self._producer = producer
+        self._timeout_s = transaction_timeout_s
+
+    async def run(
+        self,
+        transform: Transform,
+        *,
+        stop: asyncio.Event | None = None,
+        max_records: int | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> int:
+        """Like Consumer.run: process until stopped, ``max_records`` committed, or idle for
+        ``idle_timeout_s``; return the number of input records committed."""
+        consumer = self._consumer
+        consumer._enter_run()
+        processed = 0
+        idle_since = time.monotonic()
+        try:
+            while not (stop is not None and stop.is_set()) and (
+                max_records is None or processed < max_records
+            ):
+                batch = await consumer._next_batch()
+                if not batch:
+                    if idle_timeout_s is not None and time.monotonic() - idle_since >= (
+                        idle_timeout_s
+                    ):
+                        break
+                    continue
+                idle_since = time.monotonic()
+                if max_records is not None:
+                    batch = batch[: max_records - processed]
+                await self._process(batch, transform)
+                consumer._take(len(batch))
+                processed += len(batch)
+        finally:
+            consumer._running = False
+        return processed
+
+    async def _process(self, batch: list[Record], transform: Transform) -> None:
+        consumer, producer = self._consumer, self._producer
+        metrics = consumer.metrics
+        await producer.begin_transaction()
+        futures: list[asyncio.Future[Delivery]] = []
+        dead_lettered: list[str] = []
+        try:
+            offsets: dict[tuple[str, int], int] = {}
+            for record in batch:
+                try:
+                    outputs = await transform(record)
+                except Exception as exc:
+                    metrics.errors.labels(record.topic, "handler").inc()
+                    if consumer.dead_letter_topic is None:
+                        raise HandlerError(record, exc) from exc
+                    futures.append(
+                        producer.send_nowait(
+                            consumer.dead_letter_topic,
+                            record.value,
+                            key=record.key,
+                            headers=dead_letter_headers(record, exc),
+                        )
+                    )
+                    dead_lettered.append(record.topic)
+                else:
+                    for topic, key, value in outputs:
+                        futures.append(producer.send_nowait(topic, value, key=key))
+                offsets[(record.topic, record.partition)] = record.offset + 1
+            await producer._send_offsets_to_transaction(
+                [ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                await consumer._group_metadata(),
+                self._timeout_s,
+            )
+            await producer.commit_transaction(self._timeout_s)
+            for fut in futures:  # commit flushed them all; a failed one would have failed it
+                fut.result()
+        except BaseException as exc:
+            for fut in futures:
+                fut.add_done_callback(_consume_exception)
+            metrics.errors.labels(batch[0].topic, "transaction").inc()
+            try:
+                await producer.abort_transaction(self._timeout_s)
+            except KafkaError as abort_error:
+                exc.add_note(f"aborting the transaction failed too: {abort_error}")
+            raise
+        for topic in dead_lettered:
+            metrics.dead_lettered.labels(topic).inc()
+        sizes: dict[str, list[int]] = {}
+        for record in batch:
+            size = sizes.setdefault(record.topic, [0, 0])
+            size[0] += 1
+            size[1] += len(record.value)
+        for topic, (messages, nbytes) in sizes.items():
+            metrics.consumed_messages.labels(topic).inc(messages)
+            metrics.consumed_bytes.labels(topic).inc(nbytes)

@@ -1,0 +1,608 @@
+"""PostgreSQL kit: an asyncpg pool with retried transactions, per-query metrics and migrations.
+
+A ``Database`` owns one asyncpg pool. Every call takes a connection within
+``acquire_timeout_s`` (else ``PoolExhaustedError``, which says what to change), runs, and is
+retried whole, with exponential backoff and full jitter, when it failed for a transient reason
+(connection lost, serialization failure, deadlock, server restarting: see ``is_transient``);
+any other error is raised at once. A transaction is rolled back on any error.
+
+Values only ever travel as parameters (``$1``, ``$2``, ...), never inside the SQL text. asyncpg
+prepares each parameterised statement once per connection and keeps it in its statement cache
+(``statement_cache_size``, 100 by default), so a repeated query skips parsing and planning;
+this kit relies on that and adds no cache of its own. (Behind PgBouncer in transaction mode
+that needs PgBouncer 1.21+ with ``max_prepared_statements``.)
+
+Retries and exactly-once: a transaction whose connection is lost before its COMMIT was rolled
+back by the server and is retried; one lost *during* COMMIT may or may not have committed, so it
+is not retried (``CommitOutcomeUnknownError``). A single statement (``execute``, ``fetch``, ...)
+is its own commit: when its connection is lost it is retried, so a non-idempotent single
+statement is applied at least once, not exactly once; use ``transaction()``, or make it
+idempotent (``ON CONFLICT DO NOTHING``), where that matters.
+
+Migrations are numbered plain ``.sql`` files applied by a short runner on the same pool
+(``apply_migrations``), written by hand because alembic needs SQLAlchemy (its migrations run
+synchronously, async drivers only through SQLAlchemy's adapter) and yoyo needs psycopg, while
+the node already holds an asyncpg pool and the job takes a table, an advisory lock and a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self, TypeVar, cast
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+T = TypeVar("T")
+
+Isolation = Literal["read_committed", "repeatable_read", "serializable"]
+
+MIGRATIONS_TABLE = "schema_migrations"
+# The key of the session-level advisory lock taken while migrating ("onex_mig" in ASCII).
+MIGRATION_LOCK_ID = 0x6F6E_6578_5F6D_6967
+
+_MIGRATION_FILE = re.compile(r"(?P<version>[0-9]+)_(?P<name>[A-Za-z0-9_]+)\.sql")
+
+# SQLSTATEs after which running the same work again can succeed. Class 08 (connection
+# exception) is matched as a whole.
+_TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure: a concurrent transaction won; run it again
+        "40P01",  # deadlock_detected: this transaction was chosen as the victim
+        "57P01",  # admin_shutdown: server stopping, or pg_terminate_backend()
+        "57P02",  # crash_shutdown: another backend crashed, the server is restarting
+        "57P03",  # cannot_connect_now: the server is starting up or shutting down
+        "53300",  # too_many_connections: others will disconnect
+    }
+)
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class DatabaseError(Exception):
+    """Base of this kit's errors."""
+
+
+class PoolExhaustedError(DatabaseError):
+    """No pooled connection became free within ``acquire_timeout_s``. Not retried: waiting
+    longer is what ``acquire_timeout_s`` is for."""
+
+    def __init__(self, name: str, timeout_s: float, max_size: int) -> None:
+        super().__init__(
+            f"database {name!r}: no pooled connection became free within "
+            f"acquire_timeout_s={timeout_s:g}s (pool max_size={max_size}); raise max_size "
+            "(within the server's max_connections) or acquire_timeout_s, or hold connections "
+            "for less time (no slow work inside transactions)"
+        )
+        self.name = name
+        self.timeout_s = timeout_s
+        self.max_size = max_size
+
+
+class ConnectionLostError(DatabaseError):
+    """The connection died while a call was using it (killed backend, network, failover);
+    transient, so the call is retried. Its cause is what asyncpg raised."""
+
+    def __init__(self, name: str, query: str) -> None:
+        super().__init__(f"database {name!r}: the connection was lost during {query!r}")
+        self.name = name
+        self.query = query
+
+
+class CommitOutcomeUnknownError(DatabaseError):
+    """The connection was lost while the transaction was committing: it may or may not have
+    been applied, so it is not retried."""
+
+    def __init__(self, name: str, query: str) -> None:
+        super().__init__(
+            f"database {name!r}: the connection was lost while {query!r} was committing, so "
+            "it may or may not have been applied and was not retried; check before running "
+            "it again, or make it idempotent"
+        )
+        self.name = name
+        self.query = query
+
+
+class MigrationError(DatabaseError):
+    """A migration file is misnamed, unreadable, failed, or was changed after it was applied."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the same work again may succeed: a lost or refused connection, a
+    serialization failure or deadlock, a server shutting down or starting up. Not errors in
+    the statement or the data (syntax, constraints), timeouts (retrying slow work piles up
+    load), or this kit's other errors."""
+    if isinstance(exc, DatabaseError):
+        return isinstance(exc, ConnectionLostError)
+    if isinstance(exc, asyncpg.PostgresError):
+        # Class 08 includes asyncpg's own ConnectionDoesNotExistError (08003).
+        return exc.sqlstate in _TRANSIENT_SQLSTATES or exc.sqlstate.startswith("08")
+    # Refused, reset, aborted connections and broken pipes while connecting or talking.
+    return isinstance(exc, ConnectionError)
+
+
+@dataclass(frozen=True)
+class _Metrics:
+    latency: Histogram
+    errors: Counter
+    retries: Counter
+
+
+# One set of metrics per registry, shared by the Databases that use it (told apart by their
+# `database` label): prometheus-client refuses to register a metric name twice.
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+
+
+def _metrics_for(registry: CollectorRegistry) -> _Metrics:
+    metrics = _METRICS.get(registry)
+    if metrics is None:
+        metrics = _Metrics(
+            latency=Histogram(
+                "postgres_query_duration_seconds",
+                "Calls by query name, in seconds: waiting for a connection, retries included.",
+                ["database", "query"],
+                registry=registry,
+                buckets=_LATENCY_BUCKETS,
+            ),
+            errors=Counter(
+                "postgres_query_errors_total",
+                "Calls that raised (after any retries), by query name and exception class.",
+                ["database", "query", "error_type"],
+                registry=registry,
+            ),
+            retries=Counter(
+                "postgres_query_retries_total",
+                "Attempts that failed transiently and were retried, by exception class.",
+                ["database", "query", "error_type"],
+                registry=registry,
+            ),
+        )
+        _METRICS[registry] = metrics
+    return metrics
+
+
+class Database:
+    """One PostgreSQL database through an asyncpg pool; ``async with Database(dsn) as db``.
+
+    ``name`` labels the metrics, the errors and the pool's connections (``application_name``
+    in ``pg_stat_activity``, unless the DSN sets one). Without a ``registry`` the metrics get a
+    registry of their own, so that several instances never collide in the process-wide one.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 10,
+        max_size: int = 50,
+        acquire_timeout_s: float = 5.0,
+        command_timeout_s: float = 30.0,
+        retry_attempts: int = 3,
+        retry_initial_backoff_s: float = 0.05,
+        retry_max_backoff_s: float = 1.0,
+        name: str = "database",
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if not 0 <= min_size <= max_size or max_size < 1:
+            raise ValueError(
+                f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}"
+            )
+        if min(acquire_timeout_s, command_timeout_s) <= 0:
+            raise ValueError("acquire_timeout_s and command_timeout_s must be positive")
+        if retry_attempts < 1:
+            raise ValueError(f"retry_attempts must be at least 1, got {retry_attempts}")
+        if min(retry_initial_backoff_s, retry_max_backoff_s) < 0:
+            raise ValueError("retry backoffs must not be negative")
+        self._dsn = dsn
+        self.name = name
+        self.min_size = min_size
+        self.max_size = max_size
+        self.acquire_timeout_s = acquire_timeout_s
+        self.command_timeout_s = command_timeout_s
+        self.retry_attempts = retry_attempts
+        self.retry_initial_backoff_s = retry_initial_backoff_s
+        self.retry_max_backoff_s = retry_max_backoff_s
+        self._registry = registry if registry is not None else CollectorRegistry()
+        self._metrics = _metrics_for(self._registry)
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self._registry
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The asyncpg pool, for what this class does not cover (LISTEN, cursors, ...)."""
+        if self._pool is None:
+            raise DatabaseError(
+                f"database {self.name!r} is not open: call `await db.open()` first, "
+                "or use `async with Database(...) as db`"
+            )
+        return self._pool
+
+    async def open(self) -> None:
+        """Create the pool and its ``min_size`` connections; a no-op if already open."""
+        if self._pool is not None:
+            return
+        settings = {}
+        if "application_name" not in parse_qs(urlsplit(self._dsn).query):
+            settings["application_name"] = self.name
+        pool = asyncpg.create_pool(
+            self._dsn,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            command_timeout=self.command_timeout_s,
+            server_settings=settings,
+        )
+        try:
+            await pool
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                pool.terminate()  # the connections made before the failure
+            if isinstance(exc, Exception):
+                exc.add_note(f"while opening the pool of database {self.name!r}")
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        """Wait up to ``command_timeout_s`` for connections in use to come back, then close
+        the pool (terminating what is still out); a no-op if not open."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), self.command_timeout_s)
+        except TimeoutError:
+            pool.terminate()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def transaction(
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        name: str = "transaction",
+        isolation: Isolation = "read_committed",
+    ) -> T:
+        """Run ``work(connection)`` in a transaction and return its result.
+
+        Rolled back on any error; run again from the start (a fresh connection, a fresh
+        transaction) after a transient one, up to ``retry_attempts`` in all, so ``work`` must
+        do nothing outside the database that it cannot do twice. Under ``serializable`` and
+        ``repeatable_read`` a losing transaction fails with a serialization failure, which is
+        retried like any transient error.
+
+        Let database errors out of ``work``: PostgreSQL aborts the transaction on any error,
+        and a COMMIT after an error that ``work`` caught silently rolls back (asyncpg does not
+        report it). A statement that may fail goes in a savepoint instead:
+        ``async with conn.transaction(): ...`` inside ``work``.
+        """
+
+        async def attempt() -> T:
+            async with self._lease(name) as conn:
+                tx = conn.transaction(isolation=isolation)
+                await tx.start()
+                try:
+                    result = await work(conn)
+                except BaseException:
+                    # A failed rollback means the connection is gone, and the server dropped
+                    # the transaction with it; the pool discards such a connection.
+                    with contextlib.suppress(Exception):
+                        await tx.rollback()
+                    raise
+                try:
+                    await tx.commit()
+                except Exception as exc:
+                    # A conflict reported at COMMIT is a clean failure, safe to retry; a lost
+                    # connection leaves the outcome unknown.
+                    lost = _is_lost(conn) or (is_transient(exc) and not _is_conflict(exc))
+                    if lost:
+                        raise CommitOutcomeUnknownError(self.name, name) from exc
+                    raise
+                return result
+
+        return await self._run(name, attempt)
+
+    async def execute(self, query: str, *args: object, name: str | None = None) -> str:
+        """Run one statement; return its status (``"INSERT 0 1"``). Without ``args`` the text
+        may hold several statements (sent unprepared, as a script)."""
+        return await self._statement(name or "execute", lambda conn: conn.execute(query, *args))
+
+    async def fetch(
+        self, query: str, *args: object, name: str | None = None
+    ) -> list[asyncpg.Record]:
+        return await self._statement(name or "fetch", lambda conn: conn.fetch(query, *args))
+
+    async def fetchrow(
+        self, query: str, *args: object, name: str | None = None
+    ) -> asyncpg.Record | None:
+        return await self._statement(name or "fetchrow", lambda conn: conn.fetchrow(query, *args))
+
+    async def fetchval(self, query: str, *args: object, name: str | None = None) -> object:
+        """The first column of the first row, None when there is no row."""
+        value: object = await self._statement(
+            name or "fetchval", lambda conn: conn.fetchval(query, *args)
+        )
+        return value
+
+    async def executemany(
+        self, query: str, rows: Iterable[Sequence[object]], *, name: str | None = None
+    ) -> None:
+        """Run ``query`` once per row, all in one transaction: every row or none. The rows are
+        read once, up front, so that a retry sends the same ones."""
+        batch = [tuple(row) for row in rows]
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await conn.executemany(query, batch)
+
+        await self.transaction(work, name=name or "executemany")
+
+    async def copy_records(
+        self,
+        table: str,
+        records: Iterable[Sequence[object]],
+        *,
+        columns: Sequence[str],
+        schema: str | None = None,
+        name: str | None = None,
+    ) -> int:
+        """Bulk-insert with COPY, in one transaction (every record or none); return how many.
+
+        ``table``, ``columns`` and ``schema`` are identifiers, which asyncpg quotes itself;
+        the records travel as binary COPY data, never as SQL. Read once, up front, so that a
+        retry sends the same records.
+        """
+        batch = [tuple(record) for record in records]
+
+        async def work(conn: asyncpg.Connection) -> int:
+            status = await conn.copy_records_to_table(
+                table, records=batch, columns=list(columns), schema_name=schema
+            )
+            return int(status.rsplit(" ", 1)[-1])  # "COPY 42"
+
+        return await self.transaction(work, name=name or "copy_records")
+
+    async def ping(self, *, timeout_s: float = 1.0) -> bool:
+        """Health check: ``SELECT 1`` within ``timeout_s``. False, never an exception, when the
+        database is unreachable, the pool is not open, or no connection frees up in time."""
+        pool = self._pool
+        if pool is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s), pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    async def apply_migrations(self, directory: Path, *, timeout_s: float = 600.0) -> list[str]:
+        """Apply the ``.sql`` files of ``directory`` not applied yet, in version order, each in
+        its own transaction; return the versions this call applied.
+
+        Files are named like ``0001_create_records.sql`` (the version is the number, ordered
+        numerically). Each is applied once: the version, name, checksum and time are recorded
+        in the ``schema_migrations`` table, in the same transaction as the file's statements. A
+        file changed after it was applied raises ``MigrationError`` naming it. Replicas that
+        start together take turns under a PostgreSQL advisory lock, so every file is applied
+        once. ``timeout_s`` bounds the wait for that lock and each file's run. Statements
+        that cannot run in a transaction (``CREATE INDEX CONCURRENTLY``) are not supported.
+        Recorded versions whose file is gone are left alone.
+        """
+        # Written by hand because no asyncpg-based library does it: see the module docstring.
+        migrations = _read_migrations(directory)
+        applied: list[str] = []
+        query = "apply_migrations"
+        async with self._track(query), self._lease(query) as conn:
+            try:
+                await conn.execute(
+                    "SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID, timeout=timeout_s
+                )
+            except TimeoutError:
+                raise MigrationError(
+                    f"database {self.name!r}: waited {timeout_s:g}s for the migration lock, "
+                    "held by another instance that is still migrating (or stuck)"
+                ) from None
+            try:
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+                    " version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                rows = await conn.fetch(
+                    f"SELECT version, checksum, applied_at FROM {MIGRATIONS_TABLE}"
+                )
+                recorded = {int(row["version"]): row for row in rows}
+                pending = []
+                for migration in migrations:
+                    row = recorded.get(migration.number)
+                    if row is None:
+                        pending.append(migration)
+                    elif row["checksum"] != migration.checksum:
+                        raise MigrationError(
+                            f"migration {migration.path.name!r} was changed after it was "
+                            f"applied (on {row['applied_at']:%Y-%m-%d %H:%M:%S%z}); applied "
+                            "migrations must not change: restore it, and put the change in "
+                            "a new migration"
+                        )
+                for migration in pending:
+                    await self._apply(conn, migration, timeout_s)
+                    applied.append(migration.version)
+            finally:
+                with contextlib.suppress(Exception):  # a lost connection released it anyway
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+        return applied
+
+    async def _apply(
+        self, conn: asyncpg.Connection, migration: _Migration, timeout_s: float
+    ) -> None:
+        try:
+            async with conn.transaction():
+                await conn.execute(migration.sql, timeout=timeout_s)
+                await conn.execute(
+                    f"INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+        except (asyncpg.PostgresError, TimeoutError) as exc:
+            raise MigrationError(
+                f"migration {migration.path.name!r} failed, nothing of it was applied: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _statement(self, query: str, call: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async def attempt() -> T:
+            async with self._lease(query) as conn:
+                return await call(conn)
+
+        return await self._run(query, attempt)
+
+    async def _run(self, query: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` under the retry policy, timed and counted as ``query``."""
+        retries = self._metrics.retries
+
+        def count_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            retries.labels(self.name, query, type(error).__name__).inc()
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retry_attempts),
+            # Full jitter (a random wait up to the exponential one), so that transactions which
+            # conflicted once do not retry in step and conflict again.
+            wait=wait_random_exponential(
+                multiplier=self.retry_initial_backoff_s, max=self.retry_max_backoff_s
+            ),
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+            before_sleep=count_retry,
+        )
+
+        async def once() -> T:
+            # A coroutine function, so tenacity awaits each attempt.
+            return await attempt()
+
+        async with self._track(query):
+            return await retrying(once)
+
+    @contextlib.asynccontextmanager
+    async def _track(self, query: str) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            # Only Exception: a cancelled call is not an error of the database.
+            self._metrics.errors.labels(self.name, query, type(exc).__name__).inc()
+            raise
+        finally:
+            self._metrics.latency.labels(self.name, query).observe(time.perf_counter() - started)
+
+    @contextlib.asynccontextmanager
+    async def _lease(self, query: str) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for one attempt; errors caused by losing it mid-way (asyncpg
+        reports those in several ways) come out as ``ConnectionLostError``."""
+        pool = self.pool
+        try:
+            proxy = await pool.acquire(timeout=self.acquire_timeout_s)
+        except TimeoutError:
+            raise PoolExhaustedError(self.name, self.acquire_timeout_s, self.max_size) from None
+        # The pool hands out a proxy that forwards every Connection method and passes
+        # isinstance(..., Connection); the stubs do not model that.
+        conn = cast("asyncpg.Connection", proxy)
+        try:
+            yield conn
+        except Exception as exc:
+            # Written by hand because asyncpg reports a connection lost mid-use in several ways
+            # (its own InterfaceErrors about a released or closed connection, whichever call
+            # noticed first), none of them marked as retryable.
+            if not isinstance(exc, DatabaseError) and not is_transient(exc) and _is_lost(conn):
+                raise ConnectionLostError(self.name, query) from exc
+            raise
+        finally:
+            await pool.release(proxy)
+
+
+def _is_lost(conn: asyncpg.Connection) -> bool:
+    """Whether a connection we still hold has died."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True  # the pool already took the dead connection back from its proxy
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _CONFLICT_SQLSTATES
+
+
+@dataclass(frozen=True)
+class _Migration:
+    version: str  # as written in the file name ("0001")
+    number: int  # what orders and identifies it (1)
+    name: str
+    path: Path
+    sql: str
+    checksum: str
+
+
+def _read_migrations(directory: Path) -> list[_Migration]:
+    if not directory.is_dir():
+        raise MigrationError(f"migrations directory {directory} does not exist")
+    by_number: dict[int, _Migration] = {}
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() != ".sql" or not path.is_file():
+            continue
+        match = _MIGRATION_FILE.fullmatch(path.name)
+        if match is None:
+            raise MigrationError(
+                f"migration file {path.name!r} in {directory} is not named like "
+                "0001_create_records.sql: a version number, an underscore, a name of letters, "
+                "digits and underscores, and .sql"
+            )
+        number = int(match["version"])
+        if number in by_number:
+            raise MigrationError(
+                f"migration files {by_number[number].path.name!r} and {path.name!r} in "
+                f"{directory} have the same version number {number}"
+            )
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise MigrationError(f"migration file {path} is not UTF-8: {exc}") from exc
+        # Line endings normalised, so that a checkout with CRLF does not count as a change.
+        sql = text.replace("\r\n", "\n")
+        by_number[number] = _Migration(
+            version=match["version"],
+            number=number,
+            name=match["name"],
+            path=path,
+            sql=sql,
+            checksum=hashlib.sha256(sql.encode("utf-8")).hexdigest(),
+        )
+    return [by_number[number] for number in sorted(by_number)]
