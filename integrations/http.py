@@ -766,8 +766,9 @@ class HttpClient:
                 while not await self._try_admit():
                     delay = await self._slot_free_in()
                     # With every slot in flight, the first frees a window after one completes.
-                    if loop.time() + (item.get_expiry() if delay is None else delay) > deadline:
-                        raise RateLimitedError(method, url, str(item), delay or item.get_expiry())
+                    at_least = item.get_expiry() if delay is None else delay
+                    if loop.time() + at_least > deadline:
+                        raise RateLimitedError(method, url, str(item), at_least)
                     if delay is None:
                         self._slot_released.clear()
                         await self._slot_released.wait()

@@ -137,6 +137,7 @@ def test_kit_variants_list_their_kits_and_the_mixins_the_kits_need() -> None:
         "kafka_heavy": ("kafka",),
         "ml_inference": ("onnx_inference",),
         "analytics": ("windows",),
+        "workflow": ("postgres", "workflow"),
     }
     assert registry.required_mixins("api_heavy") == ("circuit_breaker",)
     assert registry.required_mixins("standard") == ()
