@@ -35,13 +35,21 @@ LONG_NAME_CASES = [
     (node_type, f"{LONGEST_NAME[: 50 - len(node_type) - 1]}_{node_type}")
     for node_type in NODE_TYPE_FOR_MIXINS
 ]
-# The same for every variant whose code differs by integration kit, one node type each.
+# The same for every variant whose code differs by integration kit.
 LONG_NAME_KIT_CASES = [
-    (variant, node_type, f"{LONGEST_NAME[: 50 - len(variant) - 1]}_{variant}")
+    (
+        variant,
+        node_type,
+        f"{LONGEST_NAME[: 50 - len(variant) - len(node_type) - 2]}_{variant}_{node_type}",
+    )
     for variant, node_type in [
         ("database_heavy", "reducer"),
         ("api_heavy", "orchestrator"),
         ("kafka_heavy", "orchestrator"),
+        ("ml_inference", "effect"),
+        ("analytics", "reducer"),
+        ("analytics", "compute"),
+        ("workflow", "orchestrator"),
     ]
 ]
 
@@ -163,7 +171,9 @@ def test_longest_names_still_pass_lint_and_format(
 
 @pytest.mark.render
 @pytest.mark.parametrize(
-    ("variant", "node_type", "name"), LONG_NAME_KIT_CASES, ids=[c[0] for c in LONG_NAME_KIT_CASES]
+    ("variant", "node_type", "name"),
+    LONG_NAME_KIT_CASES,
+    ids=[f"{c[0]}-{c[1]}" for c in LONG_NAME_KIT_CASES],
 )
 def test_longest_names_pass_for_kit_variants(
     variant: str,
