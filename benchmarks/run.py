@@ -1,126 +1,85 @@
-"""Benchmarks of the template: selector latency and scaffolding time.
+"""Benchmarks of the template and of the nodes it renders.
 
-    python benchmarks/run.py --json OUT.json [--only selector,copy] [--quick]
+    python benchmarks/run.py --json OUT.json [--only selector,copy,...] [--quick]
 
-Prints a table and writes JSON. `--quick` runs each benchmark briefly to check that it works
-(CI); its figures are not meant to be compared.
+Prints each benchmark's figures as it finishes, then a table of the goals, and writes the
+figures as JSON (one object per benchmark). `--quick` runs each benchmark on small sizes to
+check that it works (CI); its figures are not meant to be compared.
+
+Each node benchmark renders its variant once into a temp dir, starts the services it needs
+(embedded PostgreSQL, a local Tansu broker, an in-process aiohttp server), runs the node and
+the raw client against the same services in alternating rounds, and stops everything. See
+the module of each for its workload.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import random
-import statistics
-import subprocess
+import operator
 import sys
-import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
-from selector import load_registry, select  # noqa: E402
-from selector.registry import Registry  # noqa: E402
+Figures = dict[str, float]
 
-
-def _cases() -> list[dict[str, Any]]:
-    path = REPO_ROOT / "tests" / "data" / "selector_cases.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def bench_selector(quick: bool) -> dict[str, float]:
-    """p95 latency of one uncached select() call over the shared cases.
-
-    Five rounds, each timing every case 40 times in shuffled order. ``p95_us`` is the best
-    round's p95 (as timeit reports its best repeat: on a shared VM the other rounds measure
-    the neighbours as much as the code); ``p95_median_us`` is the median round's.
-    """
-    cases = _cases()
-    registry: Registry = load_registry()
-    repeats = 2 if quick else 40
-    rounds = 1 if quick else 5
-    clock = time.perf_counter_ns
-    shuffler = random.Random(7)
-    round_p95: list[float] = []
-    round_p50: list[float] = []
-    for _ in range(rounds):
-        order = cases * repeats
-        shuffler.shuffle(order)
-        samples: list[float] = []
-        for case in order:
-            node_type, operations, features = (
-                case["node_type"],
-                case["operations"],
-                case["features"],
-            )
-            started = clock()
-            select(node_type, operations, features, registry=registry)
-            samples.append((clock() - started) / 1000)
-        samples.sort()
-        round_p50.append(samples[len(samples) // 2])
-        round_p95.append(samples[int(len(samples) * 0.95)])
-    return {
-        "p95_us": round(min(round_p95), 2),
-        "p95_median_us": round(statistics.median(round_p95), 2),
-        "p50_us": round(statistics.median(round_p50), 2),
-        "calls": len(cases) * repeats * rounds,
-    }
-
-
-def _copier(args: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "copier", "copy", "--trust", "--defaults", "--quiet", *args],
-        check=True,
-        capture_output=True,
-    )
-    return time.perf_counter() - started
-
-
-def bench_copy(quick: bool) -> dict[str, float]:
-    """Median wall time of scaffolding a production effect node versus Copier's own floor."""
-    runs = 1 if quick else 7
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        floor_template = root / "floor"
-        floor_template.mkdir()
-        (floor_template / "copier.yml").write_text("name:\n  type: str\n  default: x\n")
-        (floor_template / "README.md.jinja").write_text("{{ name }}\n")
-        template: list[float] = []
-        floor: list[float] = []
-        for index in range(runs):
-            template.append(
-                _copier(
-                    [
-                        "--vcs-ref",
-                        "HEAD",
-                        "--data",
-                        "node_name=bench_node",
-                        "--data",
-                        "variant=production",
-                        str(REPO_ROOT),
-                        str(root / f"node{index}"),
-                    ]
-                )
-            )
-            floor.append(_copier([str(floor_template), str(root / f"floor{index}")]))
-    template_s = statistics.median(template)
-    floor_s = statistics.median(floor)
-    return {
-        "template_s": round(template_s, 3),
-        "floor_s": round(floor_s, 3),
-        "ratio": round(template_s / floor_s, 2),
-    }
-
-
-BENCHMARKS: dict[str, Callable[[bool], dict[str, float]]] = {
-    "selector": bench_selector,
-    "copy": bench_copy,
+# name -> (module under benchmarks/, function); imported only when run.
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "selector": ("bench_selector", "bench_selector"),
+    "copy": ("bench_copy", "bench_copy"),
+    "database_heavy": ("bench_database", "bench_database"),
+    "api_heavy": ("bench_api", "bench_api"),
+    "kafka_heavy": ("bench_kafka", "bench_kafka"),
+    "ml_inference": ("bench_ml", "bench_ml"),
+    "analytics": ("bench_analytics", "bench_analytics"),
+    "workflow": ("bench_workflow", "bench_workflow"),
 }
+
+# (benchmark, figure, comparison, goal): the figures the issue sets goals for.
+GOALS: list[tuple[str, str, str, float]] = [
+    ("database_heavy", "ratio", ">=", 0.90),
+    ("api_heavy", "ratio", ">=", 0.85),
+    ("kafka_heavy", "ratio", ">=", 0.90),
+    ("ml_inference", "ratio", ">=", 0.90),
+    ("ml_inference", "raw_single_us", ">=", 100.0),
+    ("analytics", "aggregate_1000_ms", "<=", 1.0),
+    ("analytics", "percentile_ratio", "<=", 1.2),
+    ("workflow", "transition_us", "<=", 100.0),
+    ("workflow", "workflows_per_s", ">=", 200.0),
+]
+_COMPARE: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
+
+
+def load(name: str) -> Callable[[bool], Figures]:
+    module, function = BENCHMARKS[name]
+    bench: Callable[[bool], Figures] = getattr(
+        importlib.import_module(f"benchmarks.{module}"), function
+    )
+    return bench
+
+
+def goal_table(results: dict[str, Figures]) -> list[str]:
+    rows = [("benchmark", "figure", "value", "goal", "")]
+    for name, key, comparison, goal in GOALS:
+        if name not in results:
+            continue
+        value = results[name].get(key)
+        status = "?" if value is None else "met" if _COMPARE[comparison](value, goal) else "MISSED"
+        rows.append(
+            (name, key, "-" if value is None else f"{value:g}", f"{comparison} {goal:g}", status)
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,13 +92,31 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; choose from {', '.join(BENCHMARKS)}")
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, Figures] = {}
+    failed: list[str] = []
+    width = max(len(name) for name in names)
     for name in names:
-        results[name] = BENCHMARKS[name](args.quick)
+        started = time.perf_counter()
+        try:
+            results[name] = load(name)(args.quick)
+        except Exception:
+            failed.append(name)
+            print(f"{name:<{width}}  FAILED", flush=True)
+            traceback.print_exc()
+            continue
+        elapsed = time.perf_counter() - started
         figures = "  ".join(f"{key}={value}" for key, value in results[name].items())
-        print(f"{name:<10} {figures}", flush=True)
+        print(f"{name:<{width}}  {figures}  ({elapsed:.1f} s)", flush=True)
+    table = goal_table(results)
+    if len(table) > 1:
+        note = " (--quick: sizes too small for the figures to mean anything)" if args.quick else ""
+        print(f"\nGoals{note}:")
+        print("\n".join(table))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
