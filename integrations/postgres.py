@@ -222,6 +222,7 @@ class Database:
         self.retry_max_backoff_s = retry_max_backoff_s
         self._registry = registry if registry is not None else CollectorRegistry()
         self._metrics = _metrics_for(self._registry)
+        self._latency_by_query: dict[str, Histogram] = {}
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -487,42 +488,70 @@ class Database:
 
     async def _run(self, query: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """``attempt()`` under the retry policy, timed and counted as ``query``."""
-        retries = self._metrics.retries
-
-        def count_retry(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome is not None else None
-            retries.labels(self.name, query, type(error).__name__).inc()
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.retry_attempts),
-            # Full jitter (a random wait up to the exponential one), so that transactions which
-            # conflicted once do not retry in step and conflict again.
-            wait=wait_random_exponential(
-                multiplier=self.retry_initial_backoff_s, max=self.retry_max_backoff_s
-            ),
-            retry=retry_if_exception(is_transient),
-            reraise=True,
-            before_sleep=count_retry,
-        )
-
-        async def once() -> T:
-            # A coroutine function, so tenacity awaits each attempt.
-            return await attempt()
-
-        async with self._track(query):
-            return await retrying(once)
-
-    @contextlib.asynccontextmanager
-    async def _track(self, query: str) -> AsyncIterator[None]:
         started = time.perf_counter()
         try:
-            yield
+            # The first attempt runs outside tenacity: most succeed, and a tenacity retryer
+            # costs tens of microseconds to build and drive, a tenth of a one-row transaction.
+            try:
+                return await attempt()
+            except Exception as exc:
+                if self.retry_attempts == 1 or not is_transient(exc):
+                    raise
+                first_error: Exception | None = exc
+            # Only a transient failure gets here; tenacity takes it as its own first attempt.
+            retries = self._metrics.retries
+
+            def count_retry(state: RetryCallState) -> None:
+                error = state.outcome.exception() if state.outcome is not None else None
+                retries.labels(self.name, query, type(error).__name__).inc()
+
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(self.retry_attempts),
+                # Full jitter (a random wait up to the exponential one), so that transactions
+                # which conflicted once do not retry in step and conflict again.
+                wait=wait_random_exponential(
+                    multiplier=self.retry_initial_backoff_s, max=self.retry_max_backoff_s
+                ),
+                retry=retry_if_exception(is_transient),
+                reraise=True,
+                before_sleep=count_retry,
+            )
+
+            async def again() -> T:
+                # A coroutine function, so tenacity awaits each attempt.
+                nonlocal first_error
+                if first_error is not None:
+                    replayed, first_error = first_error, None
+                    raise replayed
+                return await attempt()
+
+            return await retrying(again)
         except Exception as exc:
             # Only Exception: a cancelled call is not an error of the database.
             self._metrics.errors.labels(self.name, query, type(exc).__name__).inc()
             raise
         finally:
-            self._metrics.latency.labels(self.name, query).observe(time.perf_counter() - started)
+            self._latency(query).observe(time.perf_counter() - started)
+
+    @contextlib.asynccontextmanager
+    async def _track(self, query: str) -> AsyncIterator[None]:
+        """Time and count ``query`` outside ``_run`` (the migrations)."""
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            self._metrics.errors.labels(self.name, query, type(exc).__name__).inc()
+            raise
+        finally:
+            self._latency(query).observe(time.perf_counter() - started)
+
+    def _latency(self, query: str) -> Histogram:
+        # prometheus-client's labels() takes a lock and builds a key on every call; the child
+        # it returns is stable, so each query name looks it up once.
+        child = self._latency_by_query.get(query)
+        if child is None:
+            child = self._latency_by_query[query] = self._metrics.latency.labels(self.name, query)
+        return child
 
     @contextlib.asynccontextmanager
     async def _lease(self, query: str) -> AsyncIterator[asyncpg.Connection]:

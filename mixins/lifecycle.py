@@ -67,19 +67,27 @@ class Lifecycle:
             await hook()
         self.phase = LifecyclePhase.RUNNING
 
+    def admit(self) -> InFlightCall:
+        """Count a call as in flight for the ``with`` block; refuse it (ShuttingDownError) once
+        stopping has begun. Synchronous, so a node's hot path pays no coroutine for it."""
+        return InFlightCall(self)
+
     @contextlib.asynccontextmanager
     async def track(self) -> AsyncIterator[None]:
-        """Count a call as in flight; refuse it (ShuttingDownError) once stopping has begun."""
+        """``admit`` as an async context manager."""
+        with self.admit():
+            yield
+
+    def _enter_call(self) -> None:
         if self.phase in (LifecyclePhase.STOPPING, LifecyclePhase.STOPPED):
             raise ShuttingDownError(f"the node is {self.phase.value} and takes no new calls")
         self._in_flight += 1
         self._drained.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._drained.set()
+
+    def _leave_call(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._drained.set()
 
     async def stop(self, timeout_s: float = 10.0) -> bool:
         """Refuse new calls, wait up to ``timeout_s`` for in-flight ones, then run the stop
@@ -108,3 +116,22 @@ class Lifecycle:
         if errors:
             raise ExceptionGroup("on_stop hooks failed", errors)
         return self._drained_in_time
+
+
+class InFlightCall:
+    """The ``with`` block of one admitted call (see ``Lifecycle.admit``).
+
+    A class rather than a ``contextlib.contextmanager`` generator: it runs on every operation
+    call, and a generator-based context manager costs several times as much.
+    """
+
+    __slots__ = ("_lifecycle",)
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+
+    def __enter__(self) -> None:
+        self._lifecycle._enter_call()
+
+    def __exit__(self, *_exc: object) -> None:
+        self._lifecycle._leave_call()

@@ -48,6 +48,15 @@ class RetryPolicy:
     ) -> T:
         """Call ``fn`` until it succeeds, a non-retryable error occurs, or attempts run out;
         then re-raise the last error."""
+        # The first attempt runs outside tenacity: most calls succeed at once, and a tenacity
+        # retryer costs tens of microseconds to build and drive. Only a retryable failure
+        # pays for it, and tenacity then sees that failure as its own first attempt.
+        try:
+            return await fn()
+        except self.retry_on as error:
+            if self.attempts == 1:
+                raise
+            first_error: BaseException | None = error
 
         def before_sleep(state: RetryCallState) -> None:
             if on_retry is not None and state.outcome is not None:
@@ -71,6 +80,10 @@ class RetryPolicy:
         async def attempt() -> T:
             # A coroutine function, so tenacity awaits each attempt (a lambda returning an
             # awaitable would be taken for a synchronous call).
+            nonlocal first_error
+            if first_error is not None:
+                replayed, first_error = first_error, None
+                raise replayed
             return await fn()
 
         return await retrying(attempt)

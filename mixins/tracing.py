@@ -9,9 +9,11 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 _provider: TracerProvider | None = None
+# The configured provider's tracer, looked up once: get_tracer builds a new tracer each call.
+_tracer: Tracer | None = None
 _exporting = False
 
 
@@ -23,13 +25,14 @@ def configure_tracing(service_name: str, exporter: SpanExporter | None = None) -
     an exporter once a provider with one is configured, it returns that provider unchanged, so
     a node built after the application configured tracing does not silence it.
     """
-    global _provider, _exporting
+    global _provider, _tracer, _exporting
     if exporter is None and _provider is not None and _exporting:
         return _provider
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     _provider, _exporting = provider, exporter is not None
+    _tracer = provider.get_tracer(__name__)
     return provider
 
 
@@ -39,7 +42,7 @@ def operation_span(
 ) -> Iterator[Span]:
     """A span named ``operation``, from the configured provider (else the global one); an
     exception is recorded, sets the ERROR status, and propagates."""
-    tracer = (_provider or trace.get_tracer_provider()).get_tracer(__name__)
+    tracer = _tracer or trace.get_tracer(__name__)
     # Recorded here, for Exception only, rather than by the SDK: some SDK releases also mark
     # cancellation (a BaseException) as an error.
     with tracer.start_as_current_span(

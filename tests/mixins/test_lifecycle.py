@@ -202,3 +202,17 @@ async def test_start_runs_only_once() -> None:
     await lifecycle.start()
     with pytest.raises(RuntimeError, match="cannot start a lifecycle that is running"):
         await lifecycle.start()
+
+
+async def test_admit_counts_a_call_for_a_plain_with_block_and_refuses_once_stopping() -> None:
+    lifecycle = Lifecycle()
+    await lifecycle.start()
+    with lifecycle.admit():
+        assert lifecycle.in_flight == 1
+        stopping = asyncio.create_task(lifecycle.stop(timeout_s=5))
+        await asyncio.sleep(0)
+        assert not stopping.done()  # waits for the admitted call
+        with pytest.raises(ShuttingDownError, match="stopping"), lifecycle.admit():
+            pass
+    assert lifecycle.in_flight == 0
+    assert await stopping is True

@@ -100,3 +100,16 @@ def test_metrics_server_serves_the_registry_until_closed() -> None:
     assert 'svc_operation_calls_total{operation="fetch"} 1.0' in body
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
+
+
+def test_measure_counts_each_call_and_errors_by_class_in_a_plain_with_block() -> None:
+    metrics = OperationMetrics("orders")
+    for _ in range(3):
+        with metrics.measure("fetch"):
+            pass
+    with pytest.raises(KeyError), metrics.measure("fetch"):
+        raise KeyError("missing")
+    text = metrics.render().decode()
+    assert 'orders_operation_calls_total{operation="fetch"} 4.0' in text
+    assert 'orders_operation_latency_seconds_count{operation="fetch"} 4.0' in text
+    assert 'orders_operation_errors_total{error_type="KeyError",operation="fetch"} 1.0' in text

@@ -19,6 +19,7 @@ from mixins.tracing import configure_tracing, operation_span
 @pytest.fixture(autouse=True)
 def _fresh_module_state(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tracing, "_provider", None)
+    monkeypatch.setattr(tracing, "_tracer", None)
     monkeypatch.setattr(tracing, "_exporting", False)
 
 
