@@ -18,11 +18,13 @@ The asyncio bridge is written here, not taken from ``confluent_kafka.aio``:
 
 How the bridge works: ``produce()`` is called on the event loop (it only queues in
 librdkafka's memory, never blocks), and delivery reports are served on the loop too, by
-``poll(0)`` (never blocks) from a pump task every millisecond while messages are in flight
-and every few hundred sends from a caller that does not yield, so futures are settled
-directly, with no thread hand-off per message. Calls that wait on the network (flush,
-commit, consume, transactions) run on one worker thread per client; reports they serve are
-handed to the loop in batches with ``call_soon_threadsafe``. ``stop()`` joins that thread.
+``poll(0)`` (never blocks) from a pump task every millisecond while messages are in flight,
+every few hundred sends from a caller that does not yield, and by ``flush()``, which polls
+on the loop the same way; so futures are settled directly, with no thread hand-off per
+message. ``send_batch`` goes further: one future and one callback for a whole batch. Calls
+that block on the network (commit, consume, transactions, close) run on one worker thread
+per client; reports they serve are handed to the loop in batches with
+``call_soon_threadsafe``. ``stop()`` joins that thread.
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, Self, TypeVar, cast
+from typing import Any, Literal, NamedTuple, ParamSpec, Self, TypeVar, cast
 
 import confluent_kafka as ck
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 __all__ = [
+    "BatchDelivery",
+    "BatchDeliveryError",
     "Compression",
     "Consumer",
     "Delivery",
@@ -88,6 +92,8 @@ _REBALANCED = frozenset(
 # _POLL_EVERY sends by a caller enqueueing in a tight loop).
 _PUMP_INTERVAL_S = 0.001
 _POLL_EVERY = 256
+# A batch polls less often: each report it serves costs little, each poll a GIL round trip.
+_BATCH_POLL_EVERY = 1024
 
 
 class KafkaError(Exception):
@@ -143,6 +149,37 @@ class Delivery:
     topic: str
     partition: int
     offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDelivery:
+    """A batch (``Producer.send_batch``) whose every message the broker acknowledged."""
+
+    topic: str
+    count: int
+
+
+class BatchDeliveryError(KafkaError):
+    """Some messages of a batch were not delivered. ``failed`` holds each one's key, value
+    and error, in the order the reports came, so that the caller can send them again;
+    ``delivered`` counts the others."""
+
+    def __init__(
+        self,
+        topic: str,
+        count: int,
+        failed: Sequence[tuple[bytes | None, bytes, KafkaError]],
+    ) -> None:
+        first = failed[0][2]
+        super().__init__(
+            f"{len(failed)} of {count} message(s) to {topic} not delivered; first: {first}",
+            code=first.code,
+            retriable=all(error.retriable for _, _, error in failed),
+            fatal=any(error.fatal for _, _, error in failed),
+        )
+        self.topic = topic
+        self.delivered = count - len(failed)
+        self.failed = list(failed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +275,11 @@ def _settle(fut: asyncio.Future[Any], result: object, error: BaseException | Non
         fut.set_result(result)
 
 
+def _fail(fut: asyncio.Future[Any], error: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(error)
+
+
 def _consume_exception(fut: asyncio.Future[Any]) -> None:
     """Mark a future's exception as seen: the failure is reported elsewhere."""
     if not fut.cancelled():
@@ -303,6 +345,96 @@ class _Worker:
         self._thread = None
 
 
+# A delivery callback as librdkafka calls it.
+_Report = Callable[[ck.KafkaError | None, ck.Message], None]
+
+
+class _Pending(NamedTuple):
+    """A message waiting in the producer's overflow for room in librdkafka's queue."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    report: _Report  # its delivery callback once produced
+    abandoned: Callable[[], bool]  # the sender gave up on it: drop it unsent
+    fail: Callable[[KafkaError], None]  # it can never be sent
+
+
+class _Batch:
+    """The one future and the one delivery callback of a ``send_batch``.
+
+    Counts reports rather than holding a future per message: this is what makes a batch
+    cheaper than as many ``send_nowait`` calls. The callback runs once per message, so it
+    does as little as it can; the bookkeeping waits for the last report.
+    """
+
+    __slots__ = (
+        "_failed",
+        "_loop_thread",
+        "_producer",
+        "_size",
+        "_unreported",
+        "count",
+        "future",
+        "topic",
+        "unsent",
+    )
+
+    def __init__(
+        self,
+        producer: Producer,
+        topic: str,
+        values: Sequence[bytes],
+        future: asyncio.Future[BatchDelivery],
+    ) -> None:
+        self._producer = producer
+        self._loop_thread = producer._loop_thread
+        self.topic = topic
+        self.count = len(values)
+        self.future = future
+        self._size = sum(map(len, values))
+        self._unreported = self.count  # reports (or unsent failures) still to come
+        self.unsent = 0  # messages that never reached librdkafka
+        self._failed: list[tuple[bytes | None, bytes, KafkaError]] = []
+
+    def report(self, err: ck.KafkaError | None, msg: ck.Message) -> None:
+        """librdkafka's delivery callback, for every message of the batch."""
+        if _get_ident() != self._loop_thread:
+            self._producer._reports.append((self.report, err, msg))  # settled on the loop
+            return
+        if err is not None:
+            self._producer._failed[self.topic] = self._producer._failed.get(self.topic, 0) + 1
+            error = KafkaError.wrap(f"delivery to {self.topic} failed", err)
+            self._failed.append((msg.key(), msg.value() or b"", error))
+            self._size -= len(msg)
+        self._unreported -= 1
+        if not self._unreported:
+            self._complete()
+
+    def fail_unsent(self, key: bytes | None, value: bytes, error: KafkaError) -> None:
+        """A message of the batch that never reached librdkafka."""
+        self._failed.append((key, value, error))
+        self._size -= len(value)
+        self.unsent += 1
+        self._unreported -= 1
+        if not self._unreported:
+            self._complete()
+
+    def _complete(self) -> None:
+        producer = self._producer
+        producer._inflight -= self.count - self.unsent
+        delivered = self.count - len(self._failed)
+        if delivered:
+            producer._count_acked(self.topic, delivered, self._size)
+        if self.future.done():  # cancelled by the sender
+            return
+        if self._failed:
+            self.future.set_exception(BatchDeliveryError(self.topic, self.count, self._failed))
+        else:
+            self.future.set_result(BatchDelivery(self.topic, self.count))
+
+
 class Producer:
     """An idempotent (``enable.idempotence``, ``acks=all``) asyncio Kafka producer.
 
@@ -351,18 +483,14 @@ class Producer:
         self._worker = _Worker(f"{name}-producer")
         self._pump_task: asyncio.Task[None] | None = None
         self._pump_wakeup = asyncio.Event()
-        self._flushing = False
         self._inflight = 0  # handed to librdkafka, delivery report not yet settled
         self._since_poll = 0
         # Delivery reports served on the worker thread (during flush and commit), settled on
         # the loop; deque append/popleft are thread-safe.
-        self._reports: deque[tuple[asyncio.Future[Delivery], ck.KafkaError | None, ck.Message]]
-        self._reports = deque()
+        self._reports: deque[tuple[_Report, ck.KafkaError | None, ck.Message]] = deque()
         self._wake_scheduled = False
         # Messages librdkafka's queue had no room for, in send order, produced as room frees up.
-        self._overflow: deque[
-            tuple[str, bytes, bytes | None, Sequence[tuple[str, bytes]], asyncio.Future[Delivery]]
-        ] = deque()
+        self._overflow: deque[_Pending] = deque()
         # Acknowledged messages and bytes per topic, and failures, not yet added to the metrics
         # (added once per poll rather than per message: a labelled increment costs a lock).
         self._acked: dict[str, list[int]] = {}
@@ -471,37 +599,102 @@ class Producer:
         if client is None or self._loop is None:
             raise KafkaError(f"{self._name}: producer is not started")
         fut: asyncio.Future[Delivery] = _Future(loop=self._loop)
+        report = partial(self._report, fut)
         if self._overflow:
-            self._overflow.append((topic, value, key, headers, fut))
+            self._hold(topic, value, key, headers, report, fut.done, partial(_fail, fut))
             return fut
         try:
             if headers:
-                client.produce(
-                    topic,
-                    value,
-                    key,
-                    on_delivery=partial(self._report, fut),
-                    headers=list(headers),
-                )
+                client.produce(topic, value, key, on_delivery=report, headers=list(headers))
             else:  # positionally (partition, callback): no keyword dict on the hot path
-                client.produce(topic, value, key, -1, partial(self._report, fut))
+                client.produce(topic, value, key, -1, report)
         except BufferError:
-            self._overflow.append((topic, value, key, headers, fut))
+            self._hold(topic, value, key, headers, report, fut.done, partial(_fail, fut))
             self._pump_wakeup.set()
             return fut
         except ck.KafkaException as exc:
             self.metrics.errors.labels(topic, "produce").inc()
             raise KafkaError.wrap(f"{self._name}: cannot produce to {topic}", exc) from exc
+        self._sent(client, 1)
+        return fut
+
+    def send_batch(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        *,
+        keys: Sequence[bytes | None] | None = None,
+    ) -> asyncio.Future[BatchDelivery]:
+        """Queue ``values`` (with ``keys``, one per value, if given) and return one future for
+        all of them: resolved once the broker acknowledged every message, or failed with
+        ``BatchDeliveryError`` naming those it did not.
+
+        For bulk sends: one future and one delivery callback for the whole batch instead of
+        one per message, which is most of what ``send_nowait`` costs per message. Never
+        blocks; like ``send_nowait``, what librdkafka's queue has no room for waits here.
+        """
+        client = self._client
+        if client is None or self._loop is None:
+            raise KafkaError(f"{self._name}: producer is not started")
+        if keys is not None and len(keys) != len(values):
+            raise ValueError(f"keys has {len(keys)} entries for {len(values)} values")
+        batch = _Batch(self, topic, values, _Future(loop=self._loop))
+        if not values:
+            batch.future.set_result(BatchDelivery(topic, 0))
+            return batch.future
+        # The loop below is the hot path of bulk sending, one iteration per message: no
+        # per-message lookups beyond produce itself.
+        report, produce, poll = batch.report, client.produce, client.poll
+        keyed = keys if keys is not None else [None] * len(values)
+        index = 0  # the first message not handed to librdkafka
+        if not self._overflow:
+            for value, key in zip(values, keyed, strict=True):
+                try:
+                    produce(topic, value, key, -1, report)
+                except BufferError:
+                    break
+                except ck.KafkaException as exc:
+                    self.metrics.errors.labels(topic, "produce").inc()
+                    error = KafkaError.wrap(f"{self._name}: cannot produce to {topic}", exc)
+                    batch.fail_unsent(key, value, error)
+                index += 1
+                if not index % _BATCH_POLL_EVERY:
+                    poll(0)  # serve reports, making room in librdkafka's queue
+            # No report can complete the batch before this: its last message was produced
+            # after the last poll above.
+            self._sent(client, index - batch.unsent)
+        # What librdkafka had no room for waits, in order, for the pump to produce it.
+        abandoned, unsent = batch.future.done, batch.fail_unsent
+        for value, key in zip(values[index:], keyed[index:], strict=True):
+            self._hold(topic, value, key, (), report, abandoned, partial(unsent, key, value))
+        if index < len(values):
+            self._pump_wakeup.set()
+        return batch.future
+
+    def _hold(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        report: _Report,
+        abandoned: Callable[[], bool],
+        fail: Callable[[KafkaError], None],
+    ) -> None:
+        """Keep a message librdkafka's queue has no room for, in order, until it has."""
+        self._overflow.append(_Pending(topic, value, key, headers, report, abandoned, fail))
+
+    def _sent(self, client: ck.Producer, count: int) -> None:
+        """Count ``count`` messages handed to librdkafka."""
         if not self._inflight:
             self._pump_wakeup.set()
-        self._inflight += 1
-        self._since_poll += 1
+        self._inflight += count
+        self._since_poll += count
         if self._since_poll >= _POLL_EVERY:
             # A caller enqueueing in a tight loop never yields to the pump: serve reports here.
             self._since_poll = 0
             client.poll(0)
             self._publish_counts()
-        return fut
 
     async def send(
         self,
@@ -520,27 +713,19 @@ class Producer:
         client = self._require_client()
         deadline = time.monotonic() + timeout_s
         while self._overflow or self._inflight:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if time.monotonic() >= deadline:
                 raise KafkaError(
                     f"{self._name}: flush timed out after {timeout_s} s with "
                     f"{self._inflight + len(self._overflow)} message(s) undelivered",
                     retriable=True,
                 )
-            # librdkafka's flush sends at once, ignoring linger.ms, and serves the reports.
-            self._flushing = True
-            try:
-                queued = await self._worker.call(self._flush_client, client, remaining)
-            finally:
-                self._flushing = False
+            # On the loop, not on the worker: flush(0) never blocks; it sends what lingers
+            # at once and serves the reports here, so they settle directly instead of being
+            # handed over from another thread one by one (a third of a bulk send's cost).
+            client.flush(0)
             self._settle_reports()
-            if queued == 0 and self._inflight and not self._overflow:
-                await asyncio.sleep(0.001)  # the last reports are on their way to the loop
-
-    def _flush_client(self, client: ck.Producer, timeout_s: float) -> int:
-        queued = client.flush(timeout_s)
-        self._wake_loop()
-        return queued
+            if self._overflow or self._inflight:
+                await asyncio.sleep(_PUMP_INTERVAL_S)
 
     # Transactions -------------------------------------------------------------------------
 
@@ -602,12 +787,11 @@ class Producer:
                 self._pump_wakeup.clear()
                 await self._pump_wakeup.wait()
                 continue
-            if not self._flushing:  # flush serves them on the worker meanwhile
-                try:
-                    client.poll(0)
-                    self._settle_reports()
-                except Exception:  # a callback failed; the pump must go on regardless
-                    _log.exception("kafka producer %s: serving delivery reports", self._name)
+            try:
+                client.poll(0)
+                self._settle_reports()
+            except Exception:  # a callback failed; the pump must go on regardless
+                _log.exception("kafka producer %s: serving delivery reports", self._name)
             await asyncio.sleep(_PUMP_INTERVAL_S)
 
     def _on_delivery(
@@ -615,22 +799,25 @@ class Producer:
     ) -> None:
         if _get_ident() != self._loop_thread:
             # Served on the worker (flush, transactions): futures belong to the loop.
-            self._reports.append((fut, err, msg))
+            self._reports.append((partial(self._report, fut), err, msg))
             return
         self._inflight -= 1
         topic: str = msg.topic()  # type: ignore[assignment]  # set on every delivery report
         if err is None:
-            acked = self._acked.get(topic)
-            if acked is None:
-                acked = self._acked[topic] = [0, 0]
-            acked[0] += 1
-            acked[1] += len(msg)
+            self._count_acked(topic, 1, len(msg))
             if not fut.done():  # a cancelled send()
                 fut.set_result(Delivery(topic, msg.partition(), msg.offset()))  # type: ignore[arg-type]
         else:
             self._failed[topic] = self._failed.get(topic, 0) + 1
             if not fut.done():
                 fut.set_exception(KafkaError.wrap(f"delivery to {topic} failed", err))
+
+    def _count_acked(self, topic: str, messages: int, size: int) -> None:
+        acked = self._acked.get(topic)
+        if acked is None:
+            acked = self._acked[topic] = [0, 0]
+        acked[0] += messages
+        acked[1] += size
 
     def _wake_loop(self) -> None:
         """(Worker thread) Have the loop settle the reports collected here: one wake-up per
@@ -646,10 +833,10 @@ class Producer:
         reports = self._reports
         while reports:
             try:
-                fut, err, msg = reports.popleft()
+                report, err, msg = reports.popleft()
             except IndexError:
                 break
-            self._on_delivery(fut, err, msg)  # on the loop thread: settles
+            report(err, msg)  # on the loop thread now: settles
         self._publish_counts()
         self._drain_overflow()
 
@@ -668,32 +855,32 @@ class Producer:
         client = self._client
         overflow = self._overflow
         while overflow and client is not None:
-            topic, value, key, headers, fut = overflow[0]
-            if fut.done():  # the caller gave up on it (cancelled): do not send it
+            pending = overflow[0]
+            if pending.abandoned():  # the caller gave up on it (cancelled): do not send it
                 overflow.popleft()
+                pending.fail(KafkaError(f"{self._name}: cancelled before it was sent"))
                 continue
             try:
                 client.produce(
-                    topic,
-                    value,
-                    key,
-                    on_delivery=partial(self._report, fut),
-                    headers=list(headers) if headers else None,
+                    pending.topic,
+                    pending.value,
+                    pending.key,
+                    on_delivery=pending.report,
+                    headers=list(pending.headers) if pending.headers else None,
                 )
             except BufferError:
                 return
             except ck.KafkaException as exc:
-                self.metrics.errors.labels(topic, "produce").inc()
-                fut.set_exception(KafkaError.wrap(f"{self._name}: cannot produce to {topic}", exc))
+                self.metrics.errors.labels(pending.topic, "produce").inc()
+                error = KafkaError.wrap(f"{self._name}: cannot produce to {pending.topic}", exc)
+                pending.fail(error)
             else:
                 self._inflight += 1
             overflow.popleft()
 
     def _fail_overflow(self, why: str) -> None:
         while self._overflow:
-            fut = self._overflow.popleft()[4]
-            if not fut.done():
-                fut.set_exception(KafkaError(f"{self._name}: {why}"))
+            self._overflow.popleft().fail(KafkaError(f"{self._name}: {why}"))
 
     def _on_client_error(self, err: ck.KafkaError) -> None:
         self.metrics.errors.labels("", "client").inc()

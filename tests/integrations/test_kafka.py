@@ -18,6 +18,8 @@ from confluent_kafka.cimpl import NewTopic  # where the stubs declare it (admin 
 
 from integrations import local_kafka as local_kafka_module
 from integrations.kafka import (
+    BatchDelivery,
+    BatchDeliveryError,
     Compression,
     Consumer,
     Delivery,
@@ -167,6 +169,73 @@ async def test_stop_purges_what_it_cannot_deliver_without_raising() -> None:
     assert threading.active_count() == threads
     with pytest.raises(KafkaError, match="not started"):
         producer.send_nowait("nowhere", b"late")
+
+
+async def test_send_batch_delivers_every_message_in_order_with_its_key(
+    kafka_bootstrap: str,
+) -> None:
+    topic = create_topic(kafka_bootstrap)
+    values = [f"v{i}".encode() for i in range(1_500)]
+    keys = [f"k{i % 7}".encode() for i in range(1_500)]
+    async with Producer(kafka_bootstrap) as producer:
+        receipt = await producer.send_batch(topic, values, keys=keys)
+        empty = await producer.send_batch(topic, [])
+        assert sample(producer, "kafka_produced_messages_total", topic=topic) == 1_500
+        assert sample(producer, "kafka_produced_bytes_total", topic=topic) == sum(map(len, values))
+    assert receipt == BatchDelivery(topic, 1_500)
+    assert empty == BatchDelivery(topic, 0)
+    messages = read_topic(kafka_bootstrap, topic, 1_500)
+    assert [(m.key(), m.value()) for m in messages] == list(zip(keys, values, strict=True))
+
+
+async def test_send_batch_waits_in_order_when_the_local_queue_is_full(kafka_bootstrap: str) -> None:
+    topic = create_topic(kafka_bootstrap)
+    extra = {"queue.buffering.max.messages": 10}
+    async with Producer(kafka_bootstrap, extra=extra, linger_ms=1) as producer:
+        first = producer.send_batch(topic, [f"a{i}".encode() for i in range(300)])
+        second = producer.send_batch(topic, [f"b{i}".encode() for i in range(300)])
+        single = producer.send_nowait(topic, b"c")
+        await producer.flush()
+        assert (await first).count == 300
+        assert (await second).count == 300
+        assert (await single).offset == 600
+    expected = [f"a{i}".encode() for i in range(300)] + [f"b{i}".encode() for i in range(300)]
+    messages = read_topic(kafka_bootstrap, topic, 601)
+    assert [m.value() for m in messages] == [*expected, b"c"]
+
+
+async def test_send_batch_names_the_messages_it_could_not_deliver(kafka_bootstrap: str) -> None:
+    topic = create_topic(kafka_bootstrap)
+    too_big = b"x" * 20_000  # over this producer's message.max.bytes
+    extra = {"message.max.bytes": 10_000}
+    async with Producer(kafka_bootstrap, extra=extra) as producer:
+        pending = producer.send_batch(topic, [b"one", too_big, b"three"], keys=[b"1", b"2", b"3"])
+        await producer.flush()
+        with pytest.raises(BatchDeliveryError, match="1 of 3 message") as caught:
+            await pending
+        assert sample(producer, "kafka_produced_messages_total", topic=topic) == 2
+        assert sample(producer, "kafka_errors_total", topic=topic, kind="produce") == 1
+    assert caught.value.delivered == 2
+    [(key, value, error)] = caught.value.failed
+    assert (key, value, error.code) == (b"2", too_big, "MSG_SIZE_TOO_LARGE")
+    assert [m.value() for m in read_topic(kafka_bootstrap, topic, 2)] == [b"one", b"three"]
+
+
+async def test_send_batch_failed_delivery_is_reported_per_message() -> None:
+    producer = Producer("127.0.0.1:1", delivery_timeout_ms=300, extra={"log_level": 0})
+    async with producer:
+        with pytest.raises(BatchDeliveryError) as caught:
+            await producer.send_batch("nowhere", [b"a", b"b"])
+        assert sample(producer, "kafka_errors_total", topic="nowhere", kind="delivery") == 2
+    assert caught.value.delivered == 0
+    assert sorted(value for _, value, _ in caught.value.failed) == [b"a", b"b"]
+    assert {error.code for _, _, error in caught.value.failed} == {"_MSG_TIMED_OUT"}
+
+
+async def test_send_batch_refuses_keys_that_do_not_match_the_values(kafka_bootstrap: str) -> None:
+    async with Producer(kafka_bootstrap) as producer:
+        with pytest.raises(ValueError, match="keys has 1 entries for 2 values"):
+            producer.send_batch("t", [b"a", b"b"], keys=[b"k"])
 
 
 def test_extra_cannot_weaken_the_guarantees() -> None:
