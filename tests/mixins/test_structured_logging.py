@@ -61,7 +61,7 @@ def test_request_id_is_shared_within_a_context_and_distinct_across_contexts(
     assert [line.get("request_id") for line in lines] == [first, first, second, None]
     assert first != second
     assert len(first) == 32
-    int(first, 16)  # a uuid4 hex
+    int(first, 16)  # hex digits
 
 
 def test_explicit_id_and_fields_are_bound_and_the_outer_context_is_restored(
