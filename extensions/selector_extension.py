@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment
+from jinja2 import Environment, FileSystemBytecodeCache
 from jinja2.ext import Extension
 
 _TEMPLATE_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -27,11 +28,34 @@ def _fresh_selector() -> Any:
     return importlib.import_module("selector.questionnaire")
 
 
+class _CompiledTemplates(FileSystemBytecodeCache):
+    """Jinja's file cache of compiled templates, keyed by this template's file names.
+
+    Jinja's own key adds the file's path, which is a fresh temporary clone on every
+    ``copier copy``: nothing would ever be found again and the cache would only grow. By name,
+    each file has one entry, overwritten when its source changes (every entry carries a
+    checksum of its source, so a stale one is never used).
+    """
+
+    def get_cache_key(self, name: str, filename: str | None = None) -> str:
+        del filename
+        return super().get_cache_key(f"onex-node-template/{name}")
+
+
 class SelectorExtension(Extension):
     """Adds ``onex_*`` globals and filters backed by ``selector``."""
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
+        # Compiled templates are kept between runs, as Python keeps .pyc files: compiling this
+        # template's files is a fifth of a `copier copy`. The directory is Jinja's default,
+        # private to the user (Jinja checks it); where none can be made, templates are
+        # compiled every time, as without this.
+        if environment.bytecode_cache is None:
+            with contextlib.suppress(OSError, RuntimeError):
+                environment.bytecode_cache = _CompiledTemplates(
+                    pattern="__onex_node_template_%s.cache"
+                )
         questionnaire = _fresh_selector()
         validation = importlib.import_module("selector.validation")
         version = importlib.import_module("selector.version").SELECTOR_VERSION

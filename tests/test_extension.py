@@ -1,0 +1,47 @@
+"""The Jinja adapter: what it adds to Copier's environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jinja2 import DictLoader, Environment
+
+from extensions.selector_extension import SelectorExtension, _CompiledTemplates
+
+
+def test_compiled_templates_are_found_again_from_another_clone() -> None:
+    cache = _CompiledTemplates()
+    # Copier renders from a fresh temporary clone each time: the path must not be in the key.
+    first = cache.get_cache_key("template/README.md.jinja", "/tmp/copier._vcs.clone.abc/x")
+    again = cache.get_cache_key("template/README.md.jinja", "/tmp/copier._vcs.clone.def/x")
+    other = cache.get_cache_key("template/contract.yaml.jinja", "/tmp/copier._vcs.clone.def/x")
+    assert first == again
+    assert first != other
+
+
+def test_a_changed_source_is_compiled_afresh(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+
+    def render(source: str) -> str:
+        env = Environment(
+            loader=DictLoader({"page.jinja": source}),
+            bytecode_cache=_CompiledTemplates(str(cache_dir)),
+        )
+        return env.get_template("page.jinja").render(name="x")
+
+    assert render("one {{ name }}") == "one x"
+    assert render("one {{ name }}") == "one x"  # from the cache
+    assert render("two {{ name }}") == "two x"  # same key, new checksum
+    assert len(list(cache_dir.iterdir())) == 1  # one entry per file name, not per version
+
+
+def test_the_extension_keeps_compiled_templates_unless_a_cache_is_configured(
+    tmp_path: Path,
+) -> None:
+    env = Environment(extensions=[SelectorExtension])
+    assert isinstance(env.bytecode_cache, _CompiledTemplates)
+    assert "onex_recommend" in env.globals
+    mine = _CompiledTemplates(str(tmp_path))
+    configured = Environment(bytecode_cache=mine, extensions=[SelectorExtension])
+    assert configured.bytecode_cache is mine
