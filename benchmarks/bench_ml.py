@@ -79,6 +79,7 @@ def build_mlp(layers: tuple[int, ...], seed: int = 0) -> bytes:
 
 
 def _single_seconds(model: bytes, width: int) -> float:
+    """The fastest of 200 raw single-row inferences."""
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).random((1, width), dtype=np.float32)
     for _ in range(30):
@@ -88,7 +89,9 @@ def _single_seconds(model: bytes, width: int) -> float:
         started = time.perf_counter()
         session.run(None, {"input": x})
         samples.append(time.perf_counter() - started)
-    return median(samples)
+    # The fastest run, not the median: the machine's speed drifts during a benchmark run, and
+    # the model must take at least MIN_SINGLE_S in its fastest moments too.
+    return min(samples)
 
 
 def _choose_model(quick: bool) -> tuple[tuple[int, ...], bytes]:
