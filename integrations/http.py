@@ -619,9 +619,10 @@ class HttpClient:
         while True:
             attempt += 1
             try:
-                response = await breaker.call(
-                    lambda: send(session, upstream, method, url, params, json, headers, timeout)
-                )
+                with breaker.guard():
+                    response = await send(
+                        session, upstream, method, url, params, json, headers, timeout
+                    )
             except CircuitOpenError as exc:
                 upstream.rejections.inc()
                 raise UpstreamUnavailableError(

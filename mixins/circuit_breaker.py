@@ -81,6 +81,7 @@ class CircuitBreaker:
         self._clock = clock
         self._is_failure = is_failure
         self._outcomes: deque[bool] = deque(maxlen=window_size)  # True marks a failure
+        self._failures = 0  # True entries in _outcomes, kept as they come and go
         self._state = CircuitState.CLOSED
         self._opened_at = 0.0
         self._probe_in_flight = False
@@ -100,21 +101,17 @@ class CircuitBreaker:
     @property
     def failure_rate(self) -> float:
         """Failures over the calls in the window (0.0 when it is empty)."""
-        return sum(self._outcomes) / len(self._outcomes) if self._outcomes else 0.0
+        return self._failures / len(self._outcomes) if self._outcomes else 0.0
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Await ``fn()`` unless the circuit refuses it (CircuitOpenError); record the outcome."""
-        generation, probe = self._admit()
-        failed: bool | None = None  # stays None if cancelled: no verdict on the dependency
-        try:
-            result = await fn()
-            failed = False
-            return result
-        except Exception as exc:
-            failed = self._is_failure(exc)
-            raise
-        finally:
-            self._settle(generation, probe=probe, failed=failed)
+        with self.guard():
+            return await fn()
+
+    def guard(self) -> BreakerGuard:
+        """``call`` as a ``with`` block: refuses on entry (CircuitOpenError) and records the
+        block's outcome on exit. Synchronous, so a hot path pays no coroutine for it."""
+        return BreakerGuard(self)
 
     def _admit(self) -> tuple[int, bool]:
         """The caller's generation, and whether it is the half-open probe; or refuse."""
@@ -140,7 +137,11 @@ class CircuitBreaker:
             return
         if failed is None or generation != self._generation:
             return
-        self._outcomes.append(failed)
+        outcomes = self._outcomes
+        if len(outcomes) == outcomes.maxlen and outcomes[0]:
+            self._failures -= 1  # the oldest outcome, a failure, leaves the window
+        outcomes.append(failed)
+        self._failures += failed
         if (
             len(self._outcomes) >= self.minimum_calls
             and self.failure_rate >= self.failure_rate_threshold
@@ -155,4 +156,35 @@ class CircuitBreaker:
     def _close(self) -> None:
         self._state = CircuitState.CLOSED
         self._outcomes.clear()
+        self._failures = 0
         self._generation += 1
+
+
+class BreakerGuard:
+    """The ``with`` block of one call through a breaker (see ``CircuitBreaker.guard``).
+
+    A class rather than a ``contextlib.contextmanager`` generator: it runs on every call, and
+    a generator-based context manager costs several times as much.
+    """
+
+    __slots__ = ("_breaker", "_generation", "_probe")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+        self._generation = 0
+        self._probe = False
+
+    def __enter__(self) -> None:
+        self._generation, self._probe = self._breaker._admit()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        failed: bool | None
+        if exc is None:
+            failed = False
+        elif isinstance(exc, Exception):
+            failed = self._breaker._is_failure(exc)
+        else:
+            failed = None  # cancelled: no verdict on the dependency
+        self._breaker._settle(self._generation, probe=self._probe, failed=failed)

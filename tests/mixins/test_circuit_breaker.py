@@ -290,3 +290,25 @@ def test_opens_exactly_when_a_reference_sliding_window_says_so(
         return opened_at
 
     assert asyncio.run(run()) == expected_open_at
+
+
+def test_guard_is_call_as_a_with_block() -> None:
+    clock = FakeClock()
+    cb = breaker(clock)
+    with cb.guard():
+        pass  # a success
+    for _ in range(3):
+        with pytest.raises(ConnectionError), cb.guard():
+            raise ConnectionError("down")
+    assert cb.failure_rate == 0.75
+    assert state(cb) is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError), cb.guard():
+        pytest.fail("an open circuit must refuse the block")
+    clock.advance(30.0)
+    with pytest.raises(asyncio.CancelledError), cb.guard():
+        raise asyncio.CancelledError  # the probe, cancelled: no verdict
+    assert state(cb) is CircuitState.HALF_OPEN
+    with cb.guard():
+        pass  # the next probe succeeds
+    assert state(cb) is CircuitState.CLOSED
+    assert cb.failure_rate == 0.0
