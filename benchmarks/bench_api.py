@@ -25,9 +25,9 @@ from benchmarks.bench_common import (
     interleaved,
     median,
     node_settings,
+    paired_ratio,
     percentile,
     quiet_stdout,
-    ratio,
     render_node,
     run_concurrently,
 )
@@ -50,7 +50,7 @@ def _free_port() -> int:
 
 async def _measure(quick: bool) -> dict[str, float]:
     requests = 300 if quick else REQUESTS
-    rounds = 1 if quick else 5
+    rounds = 1 if quick else 9
     rendered = render_node("api_heavy", "effect")
     models = rendered.module("models")
     app = web.Application()
@@ -105,7 +105,7 @@ async def _measure(quick: bool) -> dict[str, float]:
     return {
         "node_per_s": round(requests / node_s),
         "raw_per_s": round(requests / raw_s),
-        "ratio": ratio(raw_s, node_s),
+        "ratio": paired_ratio([r.seconds for r in node_runs], [r.seconds for r in raw_runs]),
         "p95_ms": round(median([percentile(r.latencies, 95) for r in node_runs]) * 1000, 2),
         "raw_p95_ms": round(median([percentile(r.latencies, 95) for r in raw_runs]) * 1000, 2),
     }

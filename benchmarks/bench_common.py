@@ -1,9 +1,10 @@
 """What the benchmarks share: rendering a node once per variant, settings from the environment,
 quiet node logs, and timing node and raw side by side.
 
-Node and raw runs are interleaved (node first in even rounds, raw first in odd ones) and each
-side's figure is the median of its rounds, so that noise from the machine, and whatever a run
-leaves behind (a warmer cache, a bigger table), falls on both alike.
+Node and raw runs are interleaved (node first in even rounds, raw first in odd ones), so that
+noise from the machine, and whatever a run leaves behind (a warmer cache, a bigger table),
+falls on both alike. Each side's throughput is the median of its rounds; the ratios are the
+median of each round's own ratio (``paired_ratio``).
 """
 
 from __future__ import annotations
@@ -147,6 +148,17 @@ def median(values: Sequence[float]) -> float:
 
 def ratio(node: float, raw: float) -> float:
     return round(node / raw, 3) if raw > 0 else 0.0
+
+
+def paired_ratio(node_seconds: Sequence[float], raw_seconds: Sequence[float]) -> float:
+    """The median over rounds of raw time / node time, each round's two runs side by side.
+
+    Node throughput over raw throughput, like ``ratio`` of the medians, but paired: the
+    machine's speed drifts over seconds (a shared VM), and a round's two runs, one right after
+    the other, share its speed of the moment, which a ratio of medians taken apart does not.
+    """
+    ratios = [raw / node for node, raw in zip(node_seconds, raw_seconds, strict=True) if node > 0]
+    return round(median(ratios), 3) if ratios else 0.0
 
 
 async def interleaved(

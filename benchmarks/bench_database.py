@@ -22,9 +22,9 @@ from benchmarks.bench_common import (
     interleaved,
     median,
     node_settings,
+    paired_ratio,
     percentile,
     quiet_stdout,
-    ratio,
     render_node,
     run_concurrently,
 )
@@ -65,7 +65,7 @@ async def _measure(quick: bool) -> dict[str, float]:
 
     singles = 200 if quick else SINGLES
     batches = 4 if quick else BATCHES
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else 5
     rendered = render_node("database_heavy", "effect")
     models = rendered.module("models")
     with local_postgres() as dsn:
@@ -131,15 +131,22 @@ async def _measure(quick: bool) -> dict[str, float]:
     return {
         "node_per_s": round(calls / node_total),
         "raw_per_s": round(calls / raw_total),
-        "ratio": ratio(raw_total, node_total),
+        "ratio": paired_ratio(
+            [s.seconds + b.seconds for s, b in zip(node_s, node_b, strict=True)],
+            [s.seconds + b.seconds for s, b in zip(raw_s, raw_b, strict=True)],
+        ),
         "p95_ms": round(median([percentile(r.latencies, 95) for r in node_s]) * 1000, 2),
         "raw_p95_ms": round(median([percentile(r.latencies, 95) for r in raw_s]) * 1000, 2),
         "single_node_per_s": round(singles / node_single_s),
         "single_raw_per_s": round(singles / raw_single_s),
-        "single_ratio": ratio(raw_single_s, node_single_s),
+        "single_ratio": paired_ratio(
+            [run.seconds for run in node_s], [run.seconds for run in raw_s]
+        ),
         "batch_node_rows_per_s": round(batches * BATCH_ROWS / node_batch_s),
         "batch_raw_rows_per_s": round(batches * BATCH_ROWS / raw_batch_s),
-        "batch_ratio": ratio(raw_batch_s, node_batch_s),
+        "batch_ratio": paired_ratio(
+            [run.seconds for run in node_b], [run.seconds for run in raw_b]
+        ),
     }
 
 

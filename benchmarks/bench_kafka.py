@@ -33,6 +33,7 @@ from benchmarks.bench_common import (
     interleaved,
     median,
     node_settings,
+    paired_ratio,
     quiet_stdout,
     ratio,
     render_node,
@@ -120,7 +121,7 @@ async def _measure(quick: bool) -> dict[str, float]:
 
     messages = 5_000 if quick else MESSAGES
     op_calls = 300 if quick else OP_CALLS
-    rounds = 1 if quick else 7
+    rounds = 1 if quick else 11
     rendered = render_node("kafka_heavy", "effect")
     models = rendered.module("models")
     with local_kafka() as bootstrap:
@@ -165,7 +166,7 @@ async def _measure(quick: bool) -> dict[str, float]:
     return {
         "node_per_s": round(messages / node_s),
         "raw_per_s": round(messages / raw_s),
-        "ratio": ratio(raw_s, node_s),
+        "ratio": paired_ratio(node_runs, raw_runs),
         "raw_nocb_per_s": round(messages / nocb),
         "ratio_nocb": ratio(nocb, node_s),
         "raw_msgcb_per_s": round(messages / msgcb),

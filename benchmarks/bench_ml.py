@@ -31,9 +31,9 @@ from benchmarks.bench_common import (
     interleaved,
     median,
     node_settings,
+    paired_ratio,
     percentile,
     quiet_stdout,
-    ratio,
     render_node,
     run_concurrently,
 )
@@ -106,7 +106,7 @@ async def _measure(quick: bool, workdir: Path) -> dict[str, float]:
     singles = 50 if quick else SINGLES
     batches = 10 if quick else BATCHES
     op_calls = 128 if quick else OP_CALLS
-    rounds = 1 if quick else 7
+    rounds = 1 if quick else 11
     layers, model_bytes = _choose_model(quick)
     width = layers[0]
     model_path = workdir / "mlp.onnx"
@@ -167,19 +167,17 @@ async def _measure(quick: bool, workdir: Path) -> dict[str, float]:
     rows = singles + batches * BATCH_ROWS
     node_total = median([s + b for s, b, _ in node_runs])
     raw_total = median([s + b for s, b, _ in raw_runs])
-    node_single = median([s for s, _, _ in node_runs])
     raw_single = median([s for s, _, _ in raw_runs])
-    node_batch = median([b for _, b, _ in node_runs])
     raw_batch = median([b for _, b, _ in raw_runs])
     return {
         "node_per_s": round(rows / node_total),
         "raw_per_s": round(rows / raw_total),
-        "ratio": ratio(raw_total, node_total),
+        "ratio": paired_ratio([s + b for s, b, _ in node_runs], [s + b for s, b, _ in raw_runs]),
         "p95_ms": round(median([percentile(lat, 95) for _, _, lat in node_runs]) * 1000, 3),
         "raw_p95_ms": round(median([percentile(lat, 95) for _, _, lat in raw_runs]) * 1000, 3),
         "raw_single_us": round(raw_single / singles * 1e6, 1),
-        "single_ratio": ratio(raw_single, node_single),
-        "batch_ratio": ratio(raw_batch, node_batch),
+        "single_ratio": paired_ratio([s for s, _, _ in node_runs], [s for s, _, _ in raw_runs]),
+        "batch_ratio": paired_ratio([b for _, b, _ in node_runs], [b for _, b, _ in raw_runs]),
         "raw_batch_rows_per_s": round(batches * BATCH_ROWS / raw_batch),
         "op_rows_per_s": round(op_calls / op_run.seconds),
         "hidden_width": layers[1],
