@@ -559,7 +559,11 @@ class Database:
         reports those in several ways) come out as ``ConnectionLostError``."""
         pool = self.pool
         try:
-            proxy = await pool.acquire(timeout=self.acquire_timeout_s)
+            # asyncio.timeout, not acquire(timeout=...): on Python 3.11 asyncpg implements that
+            # with asyncio.wait_for, which runs the acquisition as a task of its own, an extra
+            # task and loop round trip on every call.
+            async with asyncio.timeout(self.acquire_timeout_s):
+                proxy = await pool.acquire()
         except TimeoutError:
             raise PoolExhaustedError(self.name, self.acquire_timeout_s, self.max_size) from None
         # The pool hands out a proxy that forwards every Connection method and passes

@@ -547,7 +547,9 @@ class WorkflowStore:
         database = self.database
         pool = database.pool
         try:
-            proxy = await pool.acquire(timeout=database.acquire_timeout_s)
+            # asyncio.timeout rather than acquire(timeout=...): see Database._lease.
+            async with asyncio.timeout(database.acquire_timeout_s):
+                proxy = await pool.acquire()
         except TimeoutError:
             raise PoolExhaustedError(
                 database.name, database.acquire_timeout_s, database.max_size
