@@ -553,33 +553,61 @@ class Database:
             child = self._latency_by_query[query] = self._metrics.latency.labels(self.name, query)
         return child
 
-    @contextlib.asynccontextmanager
-    async def _lease(self, query: str) -> AsyncIterator[asyncpg.Connection]:
+    def _lease(self, query: str) -> _Lease:
         """A pooled connection for one attempt; errors caused by losing it mid-way (asyncpg
         reports those in several ways) come out as ``ConnectionLostError``."""
-        pool = self.pool
+        return _Lease(self, query)
+
+
+class _Lease:
+    """The ``async with`` block of ``Database._lease``.
+
+    A class rather than a ``contextlib.asynccontextmanager`` generator: every statement and
+    every transaction takes one, and the generator machinery costs several times as much.
+    """
+
+    __slots__ = ("_database", "_pool", "_proxy", "_query")
+
+    def __init__(self, database: Database, query: str) -> None:
+        self._database = database
+        self._query = query
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        database = self._database
+        pool = self._pool = database.pool
         try:
             # asyncio.timeout, not acquire(timeout=...): on Python 3.11 asyncpg implements that
             # with asyncio.wait_for, which runs the acquisition as a task of its own, an extra
             # task and loop round trip on every call.
-            async with asyncio.timeout(self.acquire_timeout_s):
-                proxy = await pool.acquire()
+            async with asyncio.timeout(database.acquire_timeout_s):
+                self._proxy = await pool.acquire()
         except TimeoutError:
-            raise PoolExhaustedError(self.name, self.acquire_timeout_s, self.max_size) from None
+            raise PoolExhaustedError(
+                database.name, database.acquire_timeout_s, database.max_size
+            ) from None
         # The pool hands out a proxy that forwards every Connection method and passes
         # isinstance(..., Connection); the stubs do not model that.
-        conn = cast("asyncpg.Connection", proxy)
+        return cast("asyncpg.Connection", self._proxy)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
-            yield conn
-        except Exception as exc:
             # Written by hand because asyncpg reports a connection lost mid-use in several ways
             # (its own InterfaceErrors about a released or closed connection, whichever call
             # noticed first), none of them marked as retryable.
-            if not isinstance(exc, DatabaseError) and not is_transient(exc) and _is_lost(conn):
-                raise ConnectionLostError(self.name, query) from exc
-            raise
+            if (
+                isinstance(exc, Exception)
+                and not isinstance(exc, DatabaseError)
+                and not is_transient(exc)
+                and _is_lost(cast("asyncpg.Connection", self._proxy))
+            ):
+                raise ConnectionLostError(self._database.name, self._query) from exc
         finally:
-            await pool.release(proxy)
+            await self._pool.release(self._proxy)
 
 
 def _is_lost(conn: asyncpg.Connection) -> bool:
