@@ -484,6 +484,7 @@ class Producer:
         self._pump_task: asyncio.Task[None] | None = None
         self._pump_wakeup = asyncio.Event()
         self._inflight = 0  # handed to librdkafka, delivery report not yet settled
+        self._flushers = 0  # flush() calls in progress, each polling for reports
         self._since_poll = 0
         # Delivery reports served on the worker thread (during flush and commit), settled on
         # the loop; deque append/popleft are thread-safe.
@@ -712,20 +713,24 @@ class Producer:
         which); raise KafkaError if that takes longer than ``timeout_s``."""
         client = self._require_client()
         deadline = time.monotonic() + timeout_s
-        while self._overflow or self._inflight:
-            if time.monotonic() >= deadline:
-                raise KafkaError(
-                    f"{self._name}: flush timed out after {timeout_s} s with "
-                    f"{self._inflight + len(self._overflow)} message(s) undelivered",
-                    retriable=True,
-                )
-            # On the loop, not on the worker: flush(0) never blocks; it sends what lingers
-            # at once and serves the reports here, so they settle directly instead of being
-            # handed over from another thread one by one (a third of a bulk send's cost).
-            client.flush(0)
-            self._settle_reports()
-            if self._overflow or self._inflight:
-                await asyncio.sleep(_PUMP_INTERVAL_S)
+        self._flushers += 1  # the pump leaves the polling to us meanwhile
+        try:
+            while self._overflow or self._inflight:
+                if time.monotonic() >= deadline:
+                    raise KafkaError(
+                        f"{self._name}: flush timed out after {timeout_s} s with "
+                        f"{self._inflight + len(self._overflow)} message(s) undelivered",
+                        retriable=True,
+                    )
+                # On the loop, not on the worker: flush(0) never blocks; it sends what lingers
+                # at once and serves the reports here, so they settle directly instead of being
+                # handed over from another thread one by one (a third of a bulk send's cost).
+                client.flush(0)
+                self._settle_reports()
+                if self._overflow or self._inflight:
+                    await asyncio.sleep(_PUMP_INTERVAL_S)
+        finally:
+            self._flushers -= 1
 
     # Transactions -------------------------------------------------------------------------
 
@@ -787,11 +792,12 @@ class Producer:
                 self._pump_wakeup.clear()
                 await self._pump_wakeup.wait()
                 continue
-            try:
-                client.poll(0)
-                self._settle_reports()
-            except Exception:  # a callback failed; the pump must go on regardless
-                _log.exception("kafka producer %s: serving delivery reports", self._name)
+            if not self._flushers:  # a flush polls on its own meanwhile
+                try:
+                    client.poll(0)
+                    self._settle_reports()
+                except Exception:  # a callback failed; the pump must go on regardless
+                    _log.exception("kafka producer %s: serving delivery reports", self._name)
             await asyncio.sleep(_PUMP_INTERVAL_S)
 
     def _on_delivery(
