@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import site
+import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +90,43 @@ def check_node(python: Path, node: Path, mypy_cache: Path) -> None:
     assert " passed" in result.stdout
     # A skipped test in a rendered node is a failure here: every check must really run.
     assert "skipped" not in result.stdout, result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serving(python: Path, node: Path, package: str) -> Iterator[str]:
+    """`python -m <package> serve` of a rendered node on a free port; yields its base URL and
+    stops it with SIGTERM, requiring exit code 0."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(python), "-m", package, "serve", "--port", str(port)],
+        cwd=node,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                output, _ = process.communicate()
+                raise AssertionError(f"{package} serve exited early:\n{output}")
+            try:
+                with urllib.request.urlopen(f"{base_url}/health/ready", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield base_url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output

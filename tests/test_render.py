@@ -3,13 +3,14 @@ one virtual environment, and run each node's own ruff, mypy and pytest."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from selector import default_registry
-from tests.render_helpers import check_node, install_nodes, make_node_env
+from tests.render_helpers import check_node, install_nodes, make_node_env, serving
 
 REGISTRY = default_registry()
 ALL_MIXINS = list(REGISTRY.mixins)
@@ -214,3 +215,61 @@ def test_mixins_are_copied_verbatim(rendered_nodes: dict[str, Path]) -> None:
     for name in ALL_MIXINS:
         source = Path(__file__).resolve().parent.parent / "mixins" / f"{name}.py"
         assert (mixins_dir / f"{name}.py").read_bytes() == source.read_bytes(), name
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# No first-run, sync or update traffic: this machine's network is closed, and the page must not
+# need it.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.mark.render
+def test_docs_page_lists_and_runs_every_operation_offline_in_chromium(
+    rendered_nodes: dict[str, Path], node_python: Path
+) -> None:
+    from playwright.sync_api import Route, sync_playwright
+
+    name = "standard_effect"
+    operations = pair_answers("standard", "effect")["operations"]
+    with serving(node_python, rendered_nodes[name], name) as base_url:
+        elsewhere: list[str] = []
+
+        def local_only(route: Route) -> None:
+            if route.request.url.startswith(base_url):
+                route.continue_()
+            else:
+                elsewhere.append(route.request.url)
+                route.abort()
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.route("**/*", local_only)
+                page.goto(f"{base_url}/docs")
+                paths = page.locator(".opblock-summary-path")
+                paths.first.wait_for(timeout=20_000)
+                listed = [text.replace("\u200b", "").strip() for text in paths.all_inner_texts()]
+                assert sorted(p for p in listed if p.startswith("/operations/")) == sorted(
+                    f"/operations/{op}" for op in operations
+                )
+                block = page.locator(".opblock", has_text=f"/operations/{operations[0]}")
+                block.locator(".opblock-summary").click()
+                block.get_by_role("button", name="Try it out").click()
+                block.get_by_role("button", name="Execute").click()
+                status = block.locator(".live-responses-table tbody .response-col_status")
+                status.first.wait_for(timeout=20_000)
+                assert status.first.inner_text().strip() == "200", block.inner_text()[-3000:]
+                body = block.locator(".live-responses-table .highlight-code").first.inner_text()
+                assert f'"operation": "{operations[0]}"' in body
+            finally:
+                browser.close()
+        assert elsewhere == []
