@@ -182,7 +182,7 @@ class HttpResponse:
             return self.body.decode("utf-8", errors="replace")
 
 
-class _ServerError(Exception):
+class ServerError(Exception):
     """A 5xx, raised inside the breaker so that it counts as a failure; never escapes."""
 
     def __init__(self, response: HttpResponse) -> None:
@@ -191,7 +191,7 @@ class _ServerError(Exception):
 
 
 def _is_upstream_failure(exc: BaseException) -> bool:
-    if isinstance(exc, _ServerError | TimeoutError):
+    if isinstance(exc, ServerError | TimeoutError):
         return True
     return isinstance(exc, _TRANSIENT) and not isinstance(exc, _PERMANENT)
 
@@ -222,7 +222,7 @@ def _frozen(items: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
 
 
 @dataclass(frozen=True)
-class _Metrics:
+class HttpMetrics:
     requests: Counter
     latency: Histogram
     retries: Counter
@@ -235,17 +235,17 @@ class _Metrics:
 
 # One set of metrics per registry, shared by the clients that use it (told apart by their
 # `client` label): prometheus-client refuses to register a metric name twice.
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, HttpMetrics] = weakref.WeakKeyDictionary()
 
 
-def _metrics_for(registry: CollectorRegistry) -> _Metrics:
+def _metrics_for(registry: CollectorRegistry) -> HttpMetrics:
     metrics = _METRICS.get(registry)
     if metrics is None:
 
         def counter(name: str, documentation: str, *labels: str) -> Counter:
             return Counter(f"http_client_{name}", documentation, labels, registry=registry)
 
-        metrics = _Metrics(
+        metrics = HttpMetrics(
             requests=counter(
                 "requests_total",
                 "Requests sent, each attempt counted; status 'error' when no response came back.",
@@ -288,7 +288,7 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
     return metrics
 
 
-class _Upstream:
+class UpstreamHost:
     """Per-host state: its breaker, and its metric children looked up once rather than per
     request (``labels()`` takes a lock and builds a tuple each time)."""
 
@@ -303,7 +303,9 @@ class _Upstream:
         "rejections",
     )
 
-    def __init__(self, client: str, host: str, breaker: CircuitBreaker, metrics: _Metrics) -> None:
+    def __init__(
+        self, client: str, host: str, breaker: CircuitBreaker, metrics: HttpMetrics
+    ) -> None:
         self.host = host
         self.breaker = breaker
         self.rejections = metrics.breaker_rejections.labels(client, host)
@@ -333,7 +335,7 @@ class _Upstream:
         counter.inc()
 
 
-class _NotSent(BaseException):
+class RequestNotSent(BaseException):
     """Carries a RateLimitedError out through the breaker. A BaseException, like a
     cancellation, so that the breaker records no verdict: the upstream was never called."""
 
@@ -451,11 +453,11 @@ class HttpClient:
     def registry(self) -> CollectorRegistry:
         return self._registry
 
-    def _new_upstream(self, host: str) -> _Upstream:
+    def _new_upstream(self, host: str) -> UpstreamHost:
         breaker = CircuitBreaker(
             f"{self.name}:{host}", is_failure=_is_upstream_failure, **self._breaker_settings
         )
-        return _Upstream(self.name, host, breaker, self._metrics)
+        return UpstreamHost(self.name, host, breaker, self._metrics)
 
     async def open(self) -> None:
         """Create the session and its pool (idempotent); needs a running event loop."""
@@ -628,9 +630,9 @@ class HttpClient:
                 raise UpstreamUnavailableError(
                     method, url, host, exc.retry_after, str(exc)
                 ) from None
-            except _NotSent as exc:
+            except RequestNotSent as exc:
                 raise exc.error from None
-            except _ServerError as exc:
+            except ServerError as exc:
                 response = exc.response
             except TimeoutError as exc:
                 # Connection timeouts mean nothing was sent: safe to retry for any method.
@@ -696,7 +698,7 @@ class HttpClient:
     async def _limited_attempt(
         self,
         session: aiohttp.ClientSession,
-        upstream: _Upstream,
+        upstream: UpstreamHost,
         method: str,
         url: str,
         params: Mapping[str, str] | None,
@@ -707,7 +709,7 @@ class HttpClient:
         try:
             await self._acquire_slot(method, url)
         except RateLimitedError as exc:
-            raise _NotSent(exc) from None
+            raise RequestNotSent(exc) from None
         try:
             return await self._attempt(
                 session, upstream, method, url, params, json, headers, client_timeout
@@ -718,7 +720,7 @@ class HttpClient:
     async def _attempt(
         self,
         session: aiohttp.ClientSession,
-        upstream: _Upstream,
+        upstream: UpstreamHost,
         method: str,
         url: str,
         params: Mapping[str, str] | None,
@@ -737,10 +739,10 @@ class HttpClient:
             raise
         upstream.observe(method, response.status, time.perf_counter() - started)
         if response.status >= 500:
-            raise _ServerError(response)
+            raise ServerError(response)
         return response
 
-    async def _pause(self, upstream: _Upstream, method: str, delay: float) -> None:
+    async def _pause(self, upstream: UpstreamHost, method: str, delay: float) -> None:
         upstream.retried(method)
         await asyncio.sleep(delay)
 

@@ -57,7 +57,7 @@ __all__ = [
     "KafkaMetrics",
     "Producer",
     "Record",
-    "TransactionalProcessor",
+    "TransactionalPipeline",
     "dead_letter_headers",
 ]
 
@@ -286,7 +286,7 @@ def _consume_exception(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-class _Worker:
+class ClientThread:
     """One thread running a client's blocking calls in order, off the event loop.
 
     One thread per client serialises the calls, which librdkafka's consumer needs anyway. It
@@ -349,7 +349,7 @@ class _Worker:
 _Report = Callable[[ck.KafkaError | None, ck.Message], None]
 
 
-class _Pending(NamedTuple):
+class PendingDelivery(NamedTuple):
     """A message waiting in the producer's overflow for room in librdkafka's queue."""
 
     topic: str
@@ -361,7 +361,7 @@ class _Pending(NamedTuple):
     fail: Callable[[KafkaError], None]  # it can never be sent
 
 
-class _Batch:
+class DeliveryBatch:
     """The one future and the one delivery callback of a ``send_batch``.
 
     Counts reports rather than holding a future per message: this is what makes a batch
@@ -480,7 +480,7 @@ class Producer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._report = self._on_delivery  # bound once: one delivery callback per message
-        self._worker = _Worker(f"{name}-producer")
+        self._worker = ClientThread(f"{name}-producer")
         self._pump_task: asyncio.Task[None] | None = None
         self._pump_wakeup = asyncio.Event()
         self._inflight = 0  # handed to librdkafka, delivery report not yet settled
@@ -491,7 +491,7 @@ class Producer:
         self._reports: deque[tuple[_Report, ck.KafkaError | None, ck.Message]] = deque()
         self._wake_scheduled = False
         # Messages librdkafka's queue had no room for, in send order, produced as room frees up.
-        self._overflow: deque[_Pending] = deque()
+        self._overflow: deque[PendingDelivery] = deque()
         # Acknowledged messages and bytes per topic, and failures, not yet added to the metrics
         # (added once per poll rather than per message: a labelled increment costs a lock).
         self._acked: dict[str, list[int]] = {}
@@ -639,7 +639,7 @@ class Producer:
             raise KafkaError(f"{self._name}: producer is not started")
         if keys is not None and len(keys) != len(values):
             raise ValueError(f"keys has {len(keys)} entries for {len(values)} values")
-        batch = _Batch(self, topic, values, _Future(loop=self._loop))
+        batch = DeliveryBatch(self, topic, values, _Future(loop=self._loop))
         if not values:
             batch.future.set_result(BatchDelivery(topic, 0))
             return batch.future
@@ -683,7 +683,7 @@ class Producer:
         fail: Callable[[KafkaError], None],
     ) -> None:
         """Keep a message librdkafka's queue has no room for, in order, until it has."""
-        self._overflow.append(_Pending(topic, value, key, headers, report, abandoned, fail))
+        self._overflow.append(PendingDelivery(topic, value, key, headers, report, abandoned, fail))
 
     def _sent(self, client: ck.Producer, count: int) -> None:
         """Count ``count`` messages handed to librdkafka."""
@@ -959,7 +959,7 @@ class Consumer:
             )
             self._owns_dlq_producer = True
         self._client: ck.Consumer | None = None
-        self._worker = _Worker(f"{name}-consumer")
+        self._worker = ClientThread(f"{name}-consumer")
         # Fetched, not yet processed; filled on the worker thread (never while the loop reads
         # it: the loop only touches it between awaited worker calls).
         self._buffer: deque[Record] = deque()
@@ -1288,7 +1288,7 @@ class Consumer:
         self.metrics.errors.labels("", "client").inc()
         _log.warning("kafka consumer %s: %s", self._name, err)
 
-    # For TransactionalProcessor -----------------------------------------------------------
+    # For TransactionalPipeline -----------------------------------------------------------
 
     def _enter_run(self) -> None:
         if self._running:
@@ -1340,7 +1340,7 @@ def _describe(partitions: list[ck.TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
 
 
-class TransactionalProcessor:
+class TransactionalPipeline:
     """Exactly-once consume-transform-produce: per fetched batch, one transaction holds the
     outputs of ``transform`` and the consumer's offsets, so either both become visible (to
     ``read_committed`` readers) or neither does.

@@ -2,7 +2,7 @@
 
 An ``InferenceModel`` wraps one ONNX Runtime session. The session is created on first use (or by
 ``load()``) in a worker thread, since parsing and optimising a model takes from milliseconds to
-seconds, and it is kept in a ``ModelCache`` keyed by the model (its path, or the sha256 of its
+seconds, and it is kept in a ``OnnxSessionCache`` keyed by the model (its path, or the sha256 of its
 bytes), its version and the session settings, so that models built from the same file share one
 session, and concurrent first calls load it once.
 
@@ -105,7 +105,7 @@ class InputMismatchError(InferenceError):
         self.input_name = input_name
 
 
-class ModelLoadError(InferenceError):
+class OnnxLoadError(InferenceError):
     """The model could not be loaded: no such file, or not a valid ONNX model."""
 
     def __init__(self, where: str, reason: str) -> None:
@@ -113,7 +113,7 @@ class ModelLoadError(InferenceError):
         self.where = where
 
 
-class ModelClosedError(InferenceError):
+class OnnxClosedError(InferenceError):
     """The model was closed: ``close()`` fails the calls still waiting and every later one."""
 
     def __init__(self, model: str) -> None:
@@ -149,7 +149,7 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
 
 
 @dataclass(frozen=True)
-class ModelSource:
+class OnnxModelSource:
     """Where a model comes from: a file (``path``) or its serialized bytes (``data``), exactly
     one. ``version`` is part of the cache key: bump it when the file at ``path`` changes, or a
     cached session of the old file is used."""
@@ -160,7 +160,7 @@ class ModelSource:
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.data is None):
-            raise ValueError("ModelSource takes exactly one of path and data")
+            raise ValueError("OnnxModelSource takes exactly one of path and data")
         if self.path is not None and not isinstance(self.path, Path):
             object.__setattr__(self, "path", Path(self.path))
 
@@ -236,14 +236,14 @@ def _input_specs(session: Any) -> list[InputSpec]:
     return specs
 
 
-def _open_session(source: ModelSource, providers: Sequence[str], intra_op_threads: int) -> Any:
+def _open_session(source: OnnxModelSource, providers: Sequence[str], intra_op_threads: int) -> Any:
     """Create the session; runs in a worker thread."""
     options = ort.SessionOptions()
     if intra_op_threads > 0:
         options.intra_op_num_threads = intra_op_threads
     if source.path is not None:
         if not source.path.is_file():
-            raise ModelLoadError(source.describe(), "no such file")
+            raise OnnxLoadError(source.describe(), "no such file")
         model: str | bytes = str(source.path)
     else:
         assert source.data is not None
@@ -251,13 +251,13 @@ def _open_session(source: ModelSource, providers: Sequence[str], intra_op_thread
     try:
         return ort.InferenceSession(model, options, providers=list(providers))
     except Exception as exc:
-        raise ModelLoadError(source.describe(), str(exc).strip() or type(exc).__name__) from exc
+        raise OnnxLoadError(source.describe(), str(exc).strip() or type(exc).__name__) from exc
 
 
 _CacheKey = tuple[tuple[str, str], tuple[str, ...], int]
 
 
-class ModelCache:
+class OnnxSessionCache:
     """Sessions by model, version, providers and thread count, for the life of the process
     unless evicted. Loading is guarded per key, so concurrent first calls load once; ``loads``
     counts the sessions created."""
@@ -271,10 +271,10 @@ class ModelCache:
         return len(self._sessions)
 
     async def get(
-        self, source: ModelSource, providers: Sequence[str], *, intra_op_threads: int = 0
+        self, source: OnnxModelSource, providers: Sequence[str], *, intra_op_threads: int = 0
     ) -> Any:
         """The session for ``source`` on ``providers``, loaded in a worker thread if not
-        cached yet. Raises ``ModelLoadError``; a failed load is not cached."""
+        cached yet. Raises ``OnnxLoadError``; a failed load is not cached."""
         key = (source.key, tuple(providers), intra_op_threads)
         session: Any = self._sessions.get(key)
         if session is not None:
@@ -305,7 +305,7 @@ class ModelCache:
                 del self._locks[key]
         return session
 
-    def evict(self, source: ModelSource) -> int:
+    def evict(self, source: OnnxModelSource) -> int:
         """Forget the sessions of ``source`` (that model and version, on any providers);
         return how many. Models already holding one keep it."""
         keys = [k for k in self._sessions if k[0] == source.key]
@@ -317,16 +317,16 @@ class ModelCache:
         self._sessions.clear()
 
 
-_DEFAULT_CACHE = ModelCache()
+_DEFAULT_CACHE = OnnxSessionCache()
 
 
-def default_cache() -> ModelCache:
+def default_cache() -> OnnxSessionCache:
     """The process-wide cache used by models given no ``cache``."""
     return _DEFAULT_CACHE
 
 
 @dataclass(frozen=True)
-class _Metrics:
+class InferenceMetrics:
     latency: Histogram
     batch_size: Histogram
     errors: Counter
@@ -334,13 +334,15 @@ class _Metrics:
 
 # One set of metrics per registry, shared by the models that use it (told apart by their
 # `model` label): prometheus-client refuses to register a metric name twice.
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, InferenceMetrics] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _metrics_for(registry: CollectorRegistry) -> _Metrics:
+def _metrics_for(registry: CollectorRegistry) -> InferenceMetrics:
     metrics = _METRICS.get(registry)
     if metrics is None:
-        metrics = _Metrics(
+        metrics = InferenceMetrics(
             latency=Histogram(
                 "onnx_inference_duration_seconds",
                 "Time of each session.run, in seconds, by call: `run` (whole batches sent by "
@@ -367,12 +369,12 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
     return metrics
 
 
-_NOT_A_TENSOR = -2  # _Check.rank: a sequence or map input, passed through unchecked
-_ANY_SHAPE = -1  # _Check.rank: declared without dimensions, dtype checked only
+_NOT_A_TENSOR = -2  # InputCheck.rank: a sequence or map input, passed through unchecked
+_ANY_SHAPE = -1  # InputCheck.rank: declared without dimensions, dtype checked only
 
 
 @dataclass(frozen=True, slots=True)
-class _Check:
+class InputCheck:
     """An input's spec reduced to what ``validate`` compares, for whole batches or samples."""
 
     spec: InputSpec
@@ -382,7 +384,7 @@ class _Check:
     labelled: tuple[tuple[int, str], ...]  # (axis, symbolic name)
 
     @classmethod
-    def of(cls, spec: InputSpec, *, sample: bool) -> _Check:
+    def of(cls, spec: InputSpec, *, sample: bool) -> InputCheck:
         if not spec.is_tensor:
             return cls(spec, None, _NOT_A_TENSOR, (), ())
         if not spec.shape:
@@ -395,7 +397,7 @@ class _Check:
 
 
 @dataclass(slots=True)
-class _Request:
+class InferenceRequest:
     sample: Mapping[str, Array]
     future: asyncio.Future[list[Array]]
     enqueued: float
@@ -418,14 +420,14 @@ class InferenceModel:
 
     def __init__(
         self,
-        source: ModelSource,
+        source: OnnxModelSource,
         *,
         providers: Sequence[str] | None = None,
         intra_op_threads: int = 0,
         max_batch_size: int = 32,
         max_wait_ms: float = 2.0,
         inline_below_ms: float = 2.0,
-        cache: ModelCache | None = None,
+        cache: OnnxSessionCache | None = None,
         name: str = "model",
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -452,13 +454,13 @@ class InferenceModel:
         self._session: Any = None
         self._specs: list[InputSpec] = []
         self._names: frozenset[str] = frozenset()
-        self._checks: list[_Check] = []
+        self._checks: list[InputCheck] = []
         self._batch_input: str | None = None
-        self._sample_checks: list[_Check] = []
+        self._sample_checks: list[InputCheck] = []
         self._batching: _Batching = "none"
         self._batching_reason = ""
         self._row_seconds = float("inf")  # running estimate of a call's time per row
-        self._pending: deque[_Request] = deque()
+        self._pending: deque[InferenceRequest] = deque()
         # Set when a call is queued / when a full batch is; bound to a loop on first wait.
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
@@ -499,20 +501,20 @@ class InferenceModel:
         if self._session is not None:
             return
         if self._closed:
-            raise ModelClosedError(self.name)
+            raise OnnxClosedError(self.name)
         try:
             session = await self._cache.get(
                 self.source, self.providers, intra_op_threads=self.intra_op_threads
             )
-        except ModelLoadError:
+        except OnnxLoadError:
             self._errors.labels(self.name, "load").inc()
             raise
         if self._session is None:
             self._specs = _input_specs(session)
             self._names = frozenset(spec.name for spec in self._specs)
-            self._checks = [_Check.of(spec, sample=False) for spec in self._specs]
+            self._checks = [InputCheck.of(spec, sample=False) for spec in self._specs]
             self._batch_input = next((s.name for s in self._specs if s.is_tensor and s.shape), None)
-            self._sample_checks = [_Check.of(spec, sample=True) for spec in self._specs]
+            self._sample_checks = [InputCheck.of(spec, sample=True) for spec in self._specs]
             self._batching, self._batching_reason = _batching_of(self._specs)
             self._session = session
 
@@ -622,7 +624,7 @@ class InferenceModel:
         if self._batcher is None:
             self._batcher = loop.create_task(self._batch_loop(), name=f"{self.name}-batcher")
         future: asyncio.Future[list[Array]] = loop.create_future()
-        self._pending.append(_Request(sample, future, loop.time()))
+        self._pending.append(InferenceRequest(sample, future, loop.time()))
         self._wakeup.set()
         if len(self._pending) >= self._batch_limit():
             self._full.set()
@@ -630,8 +632,8 @@ class InferenceModel:
 
     async def close(self) -> None:
         """Stop batching: the ``session.run`` under way finishes and delivers, calls still
-        queued and any later call fail with ``ModelClosedError``. The session stays in the
-        cache (other models may share it; ``ModelCache.evict`` drops it)."""
+        queued and any later call fail with ``OnnxClosedError``. The session stays in the
+        cache (other models may share it; ``OnnxSessionCache.evict`` drops it)."""
         self._closed = True
         self._fail_pending()
         batcher, self._batcher = self._batcher, None
@@ -654,7 +656,7 @@ class InferenceModel:
                 continue
             if self._closed:
                 self._errors.labels(self.name, "closed").inc()
-                request.future.set_exception(ModelClosedError(self.name))
+                request.future.set_exception(OnnxClosedError(self.name))
             else:
                 self._errors.labels(self.name, "inference").inc()
                 error = InferenceError(f"model {self.name!r}: the batcher was cancelled")
@@ -665,7 +667,7 @@ class InferenceModel:
             await self.load()
         if self._closed:  # checked after the load too: close() may have come meanwhile
             self._errors.labels(self.name, "closed").inc()
-            raise ModelClosedError(self.name)
+            raise OnnxClosedError(self.name)
 
     def _batch_limit(self) -> int:
         return self.max_batch_size if self._batching == "batch" else 1
@@ -714,7 +716,7 @@ class InferenceModel:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(deadline):
                         await self._full.wait()
-            batch: list[_Request] = []
+            batch: list[InferenceRequest] = []
             while self._pending and len(batch) < limit:
                 request = self._pending.popleft()
                 if not request.future.done():  # its caller was cancelled
@@ -724,9 +726,9 @@ class InferenceModel:
             if batch:
                 await self._run_batch(batch)
 
-    async def _run_batch(self, batch: list[_Request]) -> None:
+    async def _run_batch(self, batch: list[InferenceRequest]) -> None:
         # Samples stack only with others of the same shapes (inputs of variable length).
-        groups: dict[tuple[tuple[int, ...], ...], list[_Request]] = {}
+        groups: dict[tuple[tuple[int, ...], ...], list[InferenceRequest]] = {}
         for request in batch:
             shapes = tuple(np.shape(request.sample[spec.name]) for spec in self._specs)
             groups.setdefault(shapes, []).append(request)
@@ -738,7 +740,7 @@ class InferenceModel:
                 self._errors.labels(self.name, "inference").inc(len(group))
                 _fail(group, f"model {self.name!r}: {exc}", exc)
 
-    async def _run_group(self, group: list[_Request]) -> None:
+    async def _run_group(self, group: list[InferenceRequest]) -> None:
         rows = len(group)
         feeds = {
             spec.name: (
@@ -792,7 +794,7 @@ def _timed_run(session: Any, feeds: Mapping[str, Array]) -> tuple[list[Array], f
     return outputs, time.perf_counter() - started
 
 
-def _fail(group: list[_Request], message: str, cause: BaseException | None) -> None:
+def _fail(group: list[InferenceRequest], message: str, cause: BaseException | None) -> None:
     # One exception per caller: a shared one would collect every caller's traceback.
     for request in group:
         if not request.future.done():

@@ -140,7 +140,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 @dataclass(frozen=True)
-class _Metrics:
+class DatabaseMetrics:
     latency: Histogram
     errors: Counter
     retries: Counter
@@ -148,13 +148,15 @@ class _Metrics:
 
 # One set of metrics per registry, shared by the Databases that use it (told apart by their
 # `database` label): prometheus-client refuses to register a metric name twice.
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, DatabaseMetrics] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _metrics_for(registry: CollectorRegistry) -> _Metrics:
+def _metrics_for(registry: CollectorRegistry) -> DatabaseMetrics:
     metrics = _METRICS.get(registry)
     if metrics is None:
-        metrics = _Metrics(
+        metrics = DatabaseMetrics(
             latency=Histogram(
                 "postgres_query_duration_seconds",
                 "Calls by query name, in seconds: waiting for a connection, retries included.",
@@ -462,7 +464,7 @@ class Database:
         return applied
 
     async def _apply(
-        self, conn: asyncpg.Connection, migration: _Migration, timeout_s: float
+        self, conn: asyncpg.Connection, migration: Migration, timeout_s: float
     ) -> None:
         try:
             async with conn.transaction():
@@ -553,13 +555,13 @@ class Database:
             child = self._latency_by_query[query] = self._metrics.latency.labels(self.name, query)
         return child
 
-    def _lease(self, query: str) -> _Lease:
+    def _lease(self, query: str) -> ConnectionLease:
         """A pooled connection for one attempt; errors caused by losing it mid-way (asyncpg
         reports those in several ways) come out as ``ConnectionLostError``."""
-        return _Lease(self, query)
+        return ConnectionLease(self, query)
 
 
-class _Lease:
+class ConnectionLease:
     """The ``async with`` block of ``Database._lease``.
 
     A class rather than a ``contextlib.asynccontextmanager`` generator: every statement and
@@ -623,7 +625,7 @@ def _is_conflict(exc: BaseException) -> bool:
 
 
 @dataclass(frozen=True)
-class _Migration:
+class Migration:
     version: str  # as written in the file name ("0001")
     number: int  # what orders and identifies it (1)
     name: str
@@ -632,10 +634,10 @@ class _Migration:
     checksum: str
 
 
-def _read_migrations(directory: Path) -> list[_Migration]:
+def _read_migrations(directory: Path) -> list[Migration]:
     if not directory.is_dir():
         raise MigrationError(f"migrations directory {directory} does not exist")
-    by_number: dict[int, _Migration] = {}
+    by_number: dict[int, Migration] = {}
     for path in sorted(directory.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() != ".sql" or not path.is_file():
             continue
@@ -658,7 +660,7 @@ def _read_migrations(directory: Path) -> list[_Migration]:
             raise MigrationError(f"migration file {path} is not UTF-8: {exc}") from exc
         # Line endings normalised, so that a checkout with CRLF does not count as a change.
         sql = text.replace("\r\n", "\n")
-        by_number[number] = _Migration(
+        by_number[number] = Migration(
             version=match["version"],
             number=number,
             name=match["name"],

@@ -210,7 +210,7 @@ def percentiles(values: ArrayLike, qs: Sequence[float]) -> dict[float, float]:
     return _sorted_percentiles(np.sort(arr), keys)
 
 
-class _Buffer:
+class WindowBuffer:
     """A growable float64 array: amortised O(1) appends without a Python list of floats."""
 
     __slots__ = ("data", "size")
@@ -259,7 +259,7 @@ class WindowAggregator:
         self._qs = spec.percentiles
         self._buckets = np.asarray(spec.histogram_buckets, dtype=np.float64)
         self._empty_histogram = (0,) * (len(spec.histogram_buckets) + 1)
-        self._panes: dict[int, _Buffer] = {}
+        self._panes: dict[int, WindowBuffer] = {}
         # Index of the next window to close: every window below it is closed. None until the
         # first event, which fixes where the series of windows begins.
         self._next: int | None = None
@@ -331,7 +331,7 @@ class WindowAggregator:
             return
         buffer = self._panes.get(pane)
         if buffer is None:
-            buffer = self._panes[pane] = _Buffer()
+            buffer = self._panes[pane] = WindowBuffer()
         buffer.append(v)
         self._accepted(pane, t)
 
@@ -380,7 +380,7 @@ class WindowAggregator:
     def _extend(self, pane: int, values: FloatArray) -> None:
         buffer = self._panes.get(pane)
         if buffer is None:
-            buffer = self._panes[pane] = _Buffer(len(values))
+            buffer = self._panes[pane] = WindowBuffer(len(values))
         buffer.extend(values)
 
     # --- windows

@@ -607,7 +607,7 @@ def _encode(value: object, what: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Metrics:
+class WorkflowMetrics:
     transitions: Counter
     running: Gauge
     step_seconds: Histogram
@@ -616,13 +616,15 @@ class _Metrics:
 
 
 # One set per registry, shared by the engines using it (told apart by their `workflow` label).
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, WorkflowMetrics] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _metrics_for(registry: CollectorRegistry) -> _Metrics:
+def _metrics_for(registry: CollectorRegistry) -> WorkflowMetrics:
     metrics = _METRICS.get(registry)
     if metrics is None:
-        metrics = _Metrics(
+        metrics = WorkflowMetrics(
             transitions=Counter(
                 "workflow_transitions_total",
                 "Lifecycle transitions taken, by event and the state entered.",
@@ -662,7 +664,7 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
 # --- engine --------------------------------------------------------------------------------------
 
 
-class _StepFailedError(Exception):
+class StepAttemptsFailedError(Exception):
     """A step's action (or compensation) failed for good; internal to a run."""
 
     def __init__(self, step: str, attempts: int, cause: BaseException) -> None:
@@ -750,7 +752,7 @@ class WorkflowEngine:
                 self._count("start", started)
             self._running.inc()
             try:
-                return await _Run(self, instance, lease).drive()
+                return await InstanceRun(self, instance, lease).drive()
             finally:
                 self._running.dec()
 
@@ -769,7 +771,7 @@ class WorkflowEngine:
         counter.inc()
 
 
-class _Run:
+class InstanceRun:
     """One run of one instance: the instance in memory, its lock, and its writes."""
 
     def __init__(
@@ -800,7 +802,7 @@ class _Run:
         if instance.state == "running":
             try:
                 await self.run_steps()
-            except _StepFailedError as failure:
+            except StepAttemptsFailedError as failure:
                 instance.failed_step = failure.step
                 instance.error = failure.describe("step")
                 self.fire("compensate")
@@ -826,7 +828,7 @@ class _Run:
     async def run_group(self, group: Parallel) -> None:
         todo = [step for step in group.steps if step.name not in self.done]
         gate = asyncio.Semaphore(group.limit)
-        failures: list[_StepFailedError] = []
+        failures: list[StepAttemptsFailedError] = []
         errors: list[Exception] = []
 
         async def member(step: Step) -> None:
@@ -835,7 +837,7 @@ class _Run:
                     return  # one failed: start no more, finish (and so compensate) the rest
                 try:
                     await self.run_step(step)
-                except _StepFailedError as failure:
+                except StepAttemptsFailedError as failure:
                     failures.append(failure)
                 except Exception as exc:
                     errors.append(exc)
@@ -855,7 +857,7 @@ class _Run:
         try:
             wanted = step.when is None or step.when(instance.context)
         except Exception as exc:
-            raise _StepFailedError(step.name, 0, exc) from exc
+            raise StepAttemptsFailedError(step.name, 0, exc) from exc
         if wanted:
             result = await self.attempt(step)
             instance.context[step.name] = result
@@ -868,7 +870,8 @@ class _Run:
         await self.save()
 
     async def attempt(self, step: Step) -> Any:
-        """The step's result, after up to ``1 + retries`` attempts; ``_StepFailedError`` else."""
+        """The step's result, after up to ``1 + retries`` attempts (else
+        ``StepAttemptsFailedError``)."""
         engine, instance = self.engine, self.instance
         attempts = instance.attempts.get(step.name, 0)
         for retry in range(step.retries + 1):
@@ -884,13 +887,13 @@ class _Run:
             except Exception as exc:
                 engine._step_error[step.name].observe(time.perf_counter() - started)
                 if retry == step.retries:
-                    raise _StepFailedError(step.name, attempts, exc) from exc
+                    raise StepAttemptsFailedError(step.name, attempts, exc) from exc
                 continue
             engine._step_ok[step.name].observe(time.perf_counter() - started)
             try:
                 _encode(result, f"the result of step {step.name!r}")
             except WorkflowError as exc:  # running it again would return the same
-                raise _StepFailedError(step.name, attempts, exc) from exc
+                raise StepAttemptsFailedError(step.name, attempts, exc) from exc
             return result
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -906,7 +909,7 @@ class _Run:
         for index, name in enumerate(todo):
             try:
                 await self.undo(name)
-            except _StepFailedError as failure:
+            except StepAttemptsFailedError as failure:
                 instance.failed_compensation = name
                 instance.error = f"{instance.error}; then {failure.describe('compensating')}"
                 self.fire("fail")
@@ -925,7 +928,7 @@ class _Run:
         step = engine._steps.get(name)
         if step is None:  # completed under an older definition of the workflow
             missing = WorkflowError(f"workflow {engine.name!r} has no step {name!r} any more")
-            raise _StepFailedError(name, 0, missing)
+            raise StepAttemptsFailedError(name, 0, missing)
         compensate = step.compensate
         assert compensate is not None  # steps without one are not undone
         for retry in range(step.retries + 1):
@@ -937,7 +940,7 @@ class _Run:
             except Exception as exc:
                 engine._compensated_error[name].inc()
                 if retry == step.retries:
-                    raise _StepFailedError(name, retry + 1, exc) from exc
+                    raise StepAttemptsFailedError(name, retry + 1, exc) from exc
                 continue
             engine._compensated_ok[name].inc()
             return

@@ -29,7 +29,7 @@ class HealthReport:
 
 
 @dataclass(frozen=True)
-class _Registered:
+class RegisteredCheck:
     check: Check
     critical: bool
 
@@ -46,12 +46,12 @@ class HealthCheck:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.timeout_s = timeout_s
-        self._checks: dict[str, _Registered] = {}
+        self._checks: dict[str, RegisteredCheck] = {}
 
     def add_check(self, name: str, check: Check, *, critical: bool = True) -> None:
         if name in self._checks:
             raise ValueError(f"a health check named {name!r} is already registered")
-        self._checks[name] = _Registered(check, critical)
+        self._checks[name] = RegisteredCheck(check, critical)
 
     async def _run(self, check: Check) -> CheckResult:
         deadline = asyncio.timeout(self.timeout_s)

@@ -39,7 +39,7 @@ def redact_secrets(_logger: object, _method: str, event_dict: EventDict) -> Even
     return event_dict
 
 
-class _NamedPrintLogger(structlog.PrintLogger):
+class NamedPrintLogger(structlog.PrintLogger):
     """Prints to the current sys.stdout, and knows the name it was created for."""
 
     def __init__(self, name: str) -> None:
@@ -47,8 +47,8 @@ class _NamedPrintLogger(structlog.PrintLogger):
         self.name = name
 
 
-def _named_print_logger(*args: object) -> _NamedPrintLogger:
-    return _NamedPrintLogger(str(args[0]) if args else "")
+def _named_print_logger(*args: object) -> NamedPrintLogger:
+    return NamedPrintLogger(str(args[0]) if args else "")
 
 
 def _add_logger_name(logger: object, _method: str, event_dict: EventDict) -> EventDict:

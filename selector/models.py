@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -104,6 +104,9 @@ class IntegrationSpec(BaseModel):
     requires_integrations: tuple[_Identifier, ...] = ()
     # Environment variables that point the node at a real deployment.
     environment: tuple[str, ...] = ()
+    # How the ONEX contract lists what `environment` points at: a running service, or an
+    # external resource such as a model file.
+    dependency_type: Literal["service", "external"] = "service"
     # Modules the kit imports that ship no type information (mypy overrides in the node).
     untyped_modules: tuple[str, ...] = ()
 
@@ -123,6 +126,9 @@ class VariantSpec(BaseModel):
     patterns: tuple[str, ...]
     complexity: int = Field(ge=1, le=5)
     performance: dict[str, str]
+    # The longest one operation may take, in milliseconds: the contract's performance budget
+    # (`performance.single_operation_max_ms`) and the ONEX descriptor's `timeout_ms`.
+    operation_budget_ms: int = Field(default=10_000, gt=0, le=3_600_000)
     prerequisites: tuple[str, ...]
     services: tuple[_Identifier, ...] = ()
     # Kits from integrations/ (catalogue: integrations.yaml) the node's operations are built on.

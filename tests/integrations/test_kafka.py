@@ -27,7 +27,7 @@ from integrations.kafka import (
     KafkaError,
     Producer,
     Record,
-    TransactionalProcessor,
+    TransactionalPipeline,
 )
 from integrations.local_kafka import local_kafka
 
@@ -267,7 +267,7 @@ async def test_transactional_processor_commits_outputs_and_input_offsets(
 
     group = unique("group")
     async with producer, consumer(kafka_bootstrap, [source], group_id=group, max_batch=7) as c:
-        processor = TransactionalProcessor(c, producer)
+        processor = TransactionalPipeline(c, producer)
         assert await processor.run(transform, max_records=30, idle_timeout_s=10) == 30
 
     outputs = read_topic(kafka_bootstrap, sink, 30)
@@ -295,7 +295,7 @@ async def test_transactional_processor_aborts_and_raises_when_transform_fails(
     producer = Producer(kafka_bootstrap, transactional_id=unique("txn"))
     async with producer, consumer(kafka_bootstrap, [source], group_id=group) as c:
         with pytest.raises(HandlerError, match="cannot transform") as caught:
-            await TransactionalProcessor(c, producer).run(transform, idle_timeout_s=10)
+            await TransactionalPipeline(c, producer).run(transform, idle_timeout_s=10)
         assert caught.value.record.value == b"boom"
         assert sample(c, "kafka_errors_total", topic=source, kind="transaction") == 1
     # The aborted batch's offsets were not committed.

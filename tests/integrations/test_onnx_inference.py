@@ -26,10 +26,10 @@ from integrations.onnx_inference import (
     InferenceError,
     InferenceModel,
     InputMismatchError,
-    ModelCache,
-    ModelClosedError,
-    ModelLoadError,
-    ModelSource,
+    OnnxClosedError,
+    OnnxLoadError,
+    OnnxModelSource,
+    OnnxSessionCache,
     choose_providers,
     default_cache,
 )
@@ -143,12 +143,12 @@ def dense_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cache() -> ModelCache:
-    return ModelCache()
+def cache() -> OnnxSessionCache:
+    return OnnxSessionCache()
 
 
-async def test_run_and_predict_match_numpy(dense_path: Path, cache: ModelCache) -> None:
-    model = InferenceModel(ModelSource(path=dense_path), cache=cache)
+async def test_run_and_predict_match_numpy(dense_path: Path, cache: OnnxSessionCache) -> None:
+    model = InferenceModel(OnnxModelSource(path=dense_path), cache=cache)
     x = _x(5)
     [y] = await model.run({"x": x})
     assert y.shape == (5, 4)
@@ -162,7 +162,7 @@ async def test_run_and_predict_match_numpy(dense_path: Path, cache: ModelCache) 
 
 
 async def test_short_calls_run_on_the_loop_and_long_ones_in_a_thread(
-    cache: ModelCache, monkeypatch: pytest.MonkeyPatch
+    cache: OnnxSessionCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: list[int] = []
     timed_run = onnx_inference._timed_run
@@ -176,7 +176,7 @@ async def test_short_calls_run_on_the_loop_and_long_ones_in_a_thread(
     for inline_below_ms, on_loop in ((0.0, [False, False, False]), (1e6, [False, True, True])):
         threads.clear()
         model = InferenceModel(
-            ModelSource(data=DENSE.data), cache=cache, inline_below_ms=inline_below_ms
+            OnnxModelSource(data=DENSE.data), cache=cache, inline_below_ms=inline_below_ms
         )
         for rows in (1, 3, 7):  # the first call runs in a thread, to learn how long calls take
             x = _x(rows, seed=rows)
@@ -186,9 +186,9 @@ async def test_short_calls_run_on_the_loop_and_long_ones_in_a_thread(
 
 
 async def test_concurrent_predicts_get_their_own_rows_in_real_batches(
-    cache: ModelCache,
+    cache: OnnxSessionCache,
 ) -> None:
-    model = InferenceModel(ModelSource(data=DENSE.data), cache=cache, max_batch_size=16)
+    model = InferenceModel(OnnxModelSource(data=DENSE.data), cache=cache, max_batch_size=16)
     x = _x(100)
     results = await asyncio.gather(*(model.predict({"x": row}) for row in x))
     want = DENSE.expected(x)
@@ -203,8 +203,8 @@ async def test_concurrent_predicts_get_their_own_rows_in_real_batches(
     await _shut(model)
 
 
-async def test_samples_of_different_shapes_are_batched_apart(cache: ModelCache) -> None:
-    model = InferenceModel(ModelSource(data=_pair()), cache=cache, max_wait_ms=20)
+async def test_samples_of_different_shapes_are_batched_apart(cache: OnnxSessionCache) -> None:
+    model = InferenceModel(OnnxModelSource(data=_pair()), cache=cache, max_wait_ms=20)
     rng = np.random.default_rng(3)
     samples = [
         {"a": rng.standard_normal(n).astype(F32), "b": rng.standard_normal(n).astype(F32)}
@@ -217,8 +217,8 @@ async def test_samples_of_different_shapes_are_batched_apart(cache: ModelCache) 
     await _shut(model)
 
 
-async def test_concurrent_first_calls_load_once(cache: ModelCache) -> None:
-    model = InferenceModel(ModelSource(data=DENSE.data), cache=cache)
+async def test_concurrent_first_calls_load_once(cache: OnnxSessionCache) -> None:
+    model = InferenceModel(OnnxModelSource(data=DENSE.data), cache=cache)
     assert not model.loaded
     with pytest.raises(InferenceError, match="not loaded"):
         _ = model.inputs
@@ -232,23 +232,23 @@ async def test_concurrent_first_calls_load_once(cache: ModelCache) -> None:
 
 
 async def test_models_of_one_file_and_version_share_a_session(
-    dense_path: Path, cache: ModelCache
+    dense_path: Path, cache: OnnxSessionCache
 ) -> None:
-    first = InferenceModel(ModelSource(path=dense_path), cache=cache, name="first")
-    second = InferenceModel(ModelSource(path=dense_path), cache=cache, name="second")
+    first = InferenceModel(OnnxModelSource(path=dense_path), cache=cache, name="first")
+    second = InferenceModel(OnnxModelSource(path=dense_path), cache=cache, name="second")
     await asyncio.gather(first.load(), second.load())
     assert first.session is second.session
     assert cache.loads == 1
-    newer = InferenceModel(ModelSource(path=dense_path, version="2"), cache=cache)
+    newer = InferenceModel(OnnxModelSource(path=dense_path, version="2"), cache=cache)
     await newer.load()
     assert newer.session is not first.session
     assert cache.loads == 2
-    assert cache.evict(ModelSource(path=dense_path)) == 1
+    assert cache.evict(OnnxModelSource(path=dense_path)) == 1
     assert len(cache) == 1
 
 
 async def test_models_without_a_cache_share_the_process_wide_one(dense_path: Path) -> None:
-    source = ModelSource(path=dense_path, version="process-wide")
+    source = OnnxModelSource(path=dense_path, version="process-wide")
     first, second = InferenceModel(source), InferenceModel(source)
     await first.load()
     await second.load()
@@ -256,9 +256,9 @@ async def test_models_without_a_cache_share_the_process_wide_one(dense_path: Pat
     assert default_cache().evict(source) == 1
 
 
-async def test_bytes_source_works_like_a_path(dense_path: Path, cache: ModelCache) -> None:
-    from_path = InferenceModel(ModelSource(path=dense_path), cache=cache)
-    from_bytes = InferenceModel(ModelSource(data=DENSE.data), cache=cache)
+async def test_bytes_source_works_like_a_path(dense_path: Path, cache: OnnxSessionCache) -> None:
+    from_path = InferenceModel(OnnxModelSource(path=dense_path), cache=cache)
+    from_bytes = InferenceModel(OnnxModelSource(data=DENSE.data), cache=cache)
     x = _x(6)
     [a] = await from_path.run({"x": x})
     [b] = await from_bytes.run({"x": x})
@@ -266,19 +266,19 @@ async def test_bytes_source_works_like_a_path(dense_path: Path, cache: ModelCach
     assert cache.loads == 2  # keyed by path and by digest: not the same source
 
 
-async def test_missing_path_fails_naming_it(tmp_path: Path, cache: ModelCache) -> None:
+async def test_missing_path_fails_naming_it(tmp_path: Path, cache: OnnxSessionCache) -> None:
     missing = tmp_path / "nowhere" / "model.onnx"
-    model = InferenceModel(ModelSource(path=missing), cache=cache)
-    with pytest.raises(ModelLoadError, match="no such file") as caught:
+    model = InferenceModel(OnnxModelSource(path=missing), cache=cache)
+    with pytest.raises(OnnxLoadError, match="no such file") as caught:
         await model.predict({"x": _x(1)[0]})
     assert str(missing) in str(caught.value)
     assert not model.loaded
     assert _sample(model, "onnx_inference_errors_total", {"kind": "load"}) == 1
 
 
-async def test_garbage_bytes_fail_to_load(cache: ModelCache) -> None:
-    model = InferenceModel(ModelSource(data=b"not an onnx model at all"), cache=cache)
-    with pytest.raises(ModelLoadError, match="bytes"):
+async def test_garbage_bytes_fail_to_load(cache: OnnxSessionCache) -> None:
+    model = InferenceModel(OnnxModelSource(data=b"not an onnx model at all"), cache=cache)
+    with pytest.raises(OnnxLoadError, match="bytes"):
         await model.load()
     assert cache.loads == 0
     assert len(cache) == 0
@@ -286,10 +286,10 @@ async def test_garbage_bytes_fail_to_load(cache: ModelCache) -> None:
 
 def test_source_takes_exactly_one_of_path_and_data(dense_path: Path) -> None:
     with pytest.raises(ValueError, match="exactly one"):
-        ModelSource()
+        OnnxModelSource()
     with pytest.raises(ValueError, match="exactly one"):
-        ModelSource(path=dense_path, data=b"x")
-    assert ModelSource(data=b"a").key != ModelSource(data=b"b").key
+        OnnxModelSource(path=dense_path, data=b"x")
+    assert OnnxModelSource(data=b"a").key != OnnxModelSource(data=b"b").key
 
 
 # feeds for run, for predict, and what the two messages must say was given
@@ -324,8 +324,10 @@ BAD_INPUTS: dict[str, tuple[dict[str, Any], dict[str, Any], str, str]] = {
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=str)
-async def test_bad_inputs_are_refused_with_what_was_expected(case: str, cache: ModelCache) -> None:
-    model = InferenceModel(ModelSource(data=DENSE.data), cache=cache)
+async def test_bad_inputs_are_refused_with_what_was_expected(
+    case: str, cache: OnnxSessionCache
+) -> None:
+    model = InferenceModel(OnnxModelSource(data=DENSE.data), cache=cache)
     feeds, sample, got_batch, got_sample = BAD_INPUTS[case]
     with pytest.raises(InputMismatchError, match="float32 \\(batch, 8\\)") as caught:
         await model.run(feeds)
@@ -338,16 +340,16 @@ async def test_bad_inputs_are_refused_with_what_was_expected(case: str, cache: M
     assert _sample(model, "onnx_inference_batch_size_count") == 0
 
 
-async def test_inputs_must_agree_on_a_symbolic_dimension(cache: ModelCache) -> None:
-    model = InferenceModel(ModelSource(data=_pair()), cache=cache)
+async def test_inputs_must_agree_on_a_symbolic_dimension(cache: OnnxSessionCache) -> None:
+    model = InferenceModel(OnnxModelSource(data=_pair()), cache=cache)
     with pytest.raises(InputMismatchError, match="dimension 'n' is 3 in input 'a' but 4"):
         await model.predict({"a": np.zeros(3, F32), "b": np.zeros(4, F32)})
     with pytest.raises(InputMismatchError, match="dimension 'batch' is 2 in input 'a' but 1"):
         await model.run({"a": np.zeros((2, 3), F32), "b": np.zeros((1, 3), F32)})
 
 
-async def test_a_bad_sample_fails_only_its_caller(cache: ModelCache) -> None:
-    model = InferenceModel(ModelSource(data=DENSE.data), cache=cache, max_wait_ms=20)
+async def test_a_bad_sample_fails_only_its_caller(cache: OnnxSessionCache) -> None:
+    model = InferenceModel(OnnxModelSource(data=DENSE.data), cache=cache, max_wait_ms=20)
     x = _x(8)
     samples: list[dict[str, Array]] = [{"x": row} for row in x]
     samples[3] = {"x": x[3].astype(np.float64)}
@@ -368,9 +370,9 @@ async def test_a_bad_sample_fails_only_its_caller(cache: ModelCache) -> None:
     await _shut(model)
 
 
-async def test_a_failed_run_fails_every_caller_in_its_batch(cache: ModelCache) -> None:
+async def test_a_failed_run_fails_every_caller_in_its_batch(cache: OnnxSessionCache) -> None:
     model = InferenceModel(
-        ModelSource(data=_gather()), cache=cache, max_batch_size=5, max_wait_ms=1000
+        OnnxModelSource(data=_gather()), cache=cache, max_batch_size=5, max_wait_ms=1000
     )
     indices = [np.array(i, np.int64) for i in (1, 2, 99, 3, 4)]  # 99: out of the table
     results = await asyncio.gather(
@@ -387,8 +389,8 @@ async def test_a_failed_run_fails_every_caller_in_its_batch(cache: ModelCache) -
     await _shut(model)
 
 
-async def test_an_output_without_a_batch_dimension_cannot_be_split(cache: ModelCache) -> None:
-    model = InferenceModel(ModelSource(data=_total()), cache=cache, max_wait_ms=20)
+async def test_an_output_without_a_batch_dimension_cannot_be_split(cache: OnnxSessionCache) -> None:
+    model = InferenceModel(OnnxModelSource(data=_total()), cache=cache, max_wait_ms=20)
     x = _x(2)
     results = await asyncio.gather(
         *(model.predict({"x": row}) for row in x), return_exceptions=True
@@ -401,9 +403,9 @@ async def test_an_output_without_a_batch_dimension_cannot_be_split(cache: ModelC
     await _shut(model)
 
 
-async def test_a_batch_fixed_at_one_runs_each_sample_alone(cache: ModelCache) -> None:
+async def test_a_batch_fixed_at_one_runs_each_sample_alone(cache: OnnxSessionCache) -> None:
     single = _dense(batch=1)
-    model = InferenceModel(ModelSource(data=single.data), cache=cache)
+    model = InferenceModel(OnnxModelSource(data=single.data), cache=cache)
     x = _x(10)
     results = await asyncio.gather(*(model.predict({"x": row}) for row in x))
     _close(np.stack([row for [row] in results]), single.expected(x))
@@ -414,9 +416,9 @@ async def test_a_batch_fixed_at_one_runs_each_sample_alone(cache: ModelCache) ->
     await _shut(model)
 
 
-async def test_a_batch_fixed_above_one_takes_run_only(cache: ModelCache) -> None:
+async def test_a_batch_fixed_above_one_takes_run_only(cache: OnnxSessionCache) -> None:
     fixed = _dense(batch=4)
-    model = InferenceModel(ModelSource(data=fixed.data), cache=cache)
+    model = InferenceModel(OnnxModelSource(data=fixed.data), cache=cache)
     with pytest.raises(InferenceError, match=r"fixed first dimension of 4.*use run"):
         await model.predict({"x": _x(1)[0]})
     x = _x(4)
@@ -440,8 +442,8 @@ def test_choose_providers_keeps_available_ones_and_ends_with_cpu() -> None:
         assert choose_providers([CPU_PROVIDER, other]) == [CPU_PROVIDER]
 
 
-async def test_the_reported_provider_is_the_one_in_use(cache: ModelCache) -> None:
-    model = InferenceModel(ModelSource(data=DENSE.data), cache=cache)
+async def test_the_reported_provider_is_the_one_in_use(cache: OnnxSessionCache) -> None:
+    model = InferenceModel(OnnxModelSource(data=DENSE.data), cache=cache)
     with pytest.raises(InferenceError, match="not loaded"):
         _ = model.provider
     await model.load()
@@ -451,10 +453,10 @@ async def test_the_reported_provider_is_the_one_in_use(cache: ModelCache) -> Non
 
 
 async def test_close_fails_waiting_and_later_calls_and_leaves_no_task(
-    cache: ModelCache,
+    cache: OnnxSessionCache,
 ) -> None:
     model = InferenceModel(
-        ModelSource(data=DENSE.data), cache=cache, max_batch_size=64, max_wait_ms=60_000
+        OnnxModelSource(data=DENSE.data), cache=cache, max_batch_size=64, max_wait_ms=60_000
     )
     await model.load()
     x = _x(3)
@@ -464,21 +466,21 @@ async def test_close_fails_waiting_and_later_calls_and_leaves_no_task(
     async with asyncio.timeout(5):  # a regression here would leave the callers waiting
         await model.close()
         for task in waiting:
-            with pytest.raises(ModelClosedError, match="is closed"):
+            with pytest.raises(OnnxClosedError, match="is closed"):
                 await task
-    with pytest.raises(ModelClosedError):
+    with pytest.raises(OnnxClosedError):
         await model.predict({"x": x[0]})
-    with pytest.raises(ModelClosedError):
+    with pytest.raises(OnnxClosedError):
         await model.run({"x": x})
     await _shut(model)  # again: a no-op, and no task is left
     assert _sample(model, "onnx_inference_errors_total", {"kind": "closed"}) == 5
 
 
 async def test_a_batcher_cancelled_from_outside_fails_its_callers_and_restarts(
-    cache: ModelCache,
+    cache: OnnxSessionCache,
 ) -> None:
     model = InferenceModel(
-        ModelSource(data=DENSE.data), cache=cache, max_batch_size=2, max_wait_ms=60_000
+        OnnxModelSource(data=DENSE.data), cache=cache, max_batch_size=2, max_wait_ms=60_000
     )
     await model.load()
     x = _x(2)
@@ -495,8 +497,8 @@ async def test_a_batcher_cancelled_from_outside_fails_its_callers_and_restarts(
     await _shut(model)
 
 
-async def test_a_cancelled_caller_leaves_the_others_served(cache: ModelCache) -> None:
-    model = InferenceModel(ModelSource(data=DENSE.data), cache=cache, max_wait_ms=50)
+async def test_a_cancelled_caller_leaves_the_others_served(cache: OnnxSessionCache) -> None:
+    model = InferenceModel(OnnxModelSource(data=DENSE.data), cache=cache, max_wait_ms=50)
     await model.load()
     x = _x(4)
     tasks = [asyncio.create_task(model.predict({"x": row})) for row in x]
@@ -513,10 +515,14 @@ async def test_a_cancelled_caller_leaves_the_others_served(cache: ModelCache) ->
     await _shut(model)
 
 
-async def test_a_shared_registry_keeps_models_apart(cache: ModelCache) -> None:
+async def test_a_shared_registry_keeps_models_apart(cache: OnnxSessionCache) -> None:
     registry = CollectorRegistry()
-    first = InferenceModel(ModelSource(data=DENSE.data), cache=cache, registry=registry, name="a")
-    second = InferenceModel(ModelSource(data=DENSE.data), cache=cache, registry=registry, name="b")
+    first = InferenceModel(
+        OnnxModelSource(data=DENSE.data), cache=cache, registry=registry, name="a"
+    )
+    second = InferenceModel(
+        OnnxModelSource(data=DENSE.data), cache=cache, registry=registry, name="b"
+    )
     await first.run({"x": _x(2)})
     for _ in range(3):
         await second.run({"x": _x(2)})
@@ -526,7 +532,7 @@ async def test_a_shared_registry_keeps_models_apart(cache: ModelCache) -> None:
 
 
 # Built once: hypothesis runs each example on a loop of its own, and the models share it.
-PROPERTY_CACHE = ModelCache()
+PROPERTY_CACHE = OnnxSessionCache()
 
 
 @settings(max_examples=25, deadline=None)
@@ -542,7 +548,7 @@ PROPERTY_CACHE = ModelCache()
 )
 def test_run_matches_numpy_for_any_batch(x: Array, inline_below_ms: float) -> None:
     model = InferenceModel(
-        ModelSource(data=DENSE.data), cache=PROPERTY_CACHE, inline_below_ms=inline_below_ms
+        OnnxModelSource(data=DENSE.data), cache=PROPERTY_CACHE, inline_below_ms=inline_below_ms
     )
     [y] = asyncio.run(model.run({"x": x}))
     want = np.maximum(x.astype(np.float64) @ DENSE.w + DENSE.b, 0)
