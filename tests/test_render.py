@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from selector import default_registry
-from tests.render_helpers import check_node, install_nodes, make_node_env, serving
+from tests.render_helpers import (
+    check_node,
+    install_nodes,
+    make_node_env,
+    make_onex_env,
+    run_node_tests,
+    serving,
+)
 
 REGISTRY = default_registry()
 ALL_MIXINS = list(REGISTRY.mixins)
@@ -273,3 +280,23 @@ def test_docs_page_lists_and_runs_every_operation_offline_in_chromium(
             finally:
                 browser.close()
         assert elsewhere == []
+
+
+@pytest.fixture(scope="session")
+def onex_python(rendered_nodes: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    python312 = os.environ.get("PYTHON312")
+    if not python312:
+        pytest.fail("PYTHON312 is not set: scripts/test.sh finds a Python 3.12 and sets it")
+    pairs = [rendered_nodes[f"{variant}_{node_type}"] for variant, node_type in PAIRS]
+    return make_onex_env(tmp_path_factory.mktemp("onex"), python312, pairs)
+
+
+@pytest.mark.render
+@pytest.mark.parametrize(("variant", "node_type"), PAIRS, ids=[f"{v}-{t}" for v, t in PAIRS])
+def test_rendered_pair_passes_its_own_tests_on_the_onex_runtime(
+    variant: str, node_type: str, rendered_nodes: dict[str, Path], onex_python: Path
+) -> None:
+    """Python 3.12 with the `onex` extra: the node's whole suite, its ONEX tests included, and
+    nothing skipped."""
+    node = rendered_nodes[f"{variant}_{node_type}"]
+    run_node_tests(onex_python, node, {"PYTHONDONTWRITEBYTECODE": "1"})

@@ -313,3 +313,58 @@ OLD_MIXINS_QUESTION = """mixins:
   choices: "{{ onex_mixin_choices() }}"
 
 """
+
+
+# The last release before the contract moved into the package (tagged 0.3.0 when it landed).
+BEFORE_PACKAGED_CONTRACT = "bffbe38a75e3e8e92f37498314824b03afcc4e53"
+
+
+def test_a_node_from_before_the_packaged_contract_gets_it_and_keeps_its_handlers(
+    tmp_path: Path,
+) -> None:
+    template = tmp_path / "template"
+    template.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", BEFORE_PACKAGED_CONTRACT],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=False,
+    )
+    assert archive.returncode == 0, (
+        f"this test needs commit {BEFORE_PACKAGED_CONTRACT} in the clone (no shallow clone): "
+        f"{archive.stderr.decode()}"
+    )
+    subprocess.run(["tar", "-x", "-C", str(template)], input=archive.stdout, check=True)
+    git(template, "init", "-q", "-b", "main")
+    git(template, "add", "-A")
+    git(template, "commit", "-q", "-m", "template 0.3.0")
+    git(template, "tag", "0.3.0")
+    answers = {"node_name": "ledger", "node_type": "effect", "variant": "database_heavy"}
+    node = scaffold(template, tmp_path / "node", answers, "0.3.0")
+    assert (node / "contract.yaml").exists()
+    handlers = node / "src" / "ledger" / "handlers.py"
+    append(handlers, "\n\n# the person's own code\n")
+    commit_all(node, "the person's work")
+    edited = handlers.read_text()
+
+    git(template, "rm", "-q", "-r", ".")
+    for name in git(
+        REPO_ROOT, "ls-files", "--cached", "--others", "--exclude-standard"
+    ).splitlines():
+        source = REPO_ROOT / name
+        if source.is_file():
+            destination = template / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)
+    git(template, "add", "-A")
+    release(template, "0.4.0")
+    update(node, "0.4.0")
+
+    assert not (node / "contract.yaml").exists()
+    contract = yaml.safe_load((node / "src" / "ledger" / "contract.yaml").read_text())
+    assert contract["handler"]["class"] == "LedgerOnexAdapter"
+    assert (node / "src" / "ledger" / "handler.py").exists()
+    assert handlers.read_text() == edited
+    pyproject = (node / "pyproject.toml").read_text()
+    assert '[project.entry-points."onex.nodes"]' in pyproject
+    run_node_tests(node)
