@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "ml_inference": ("bench_ml", "bench_ml"),
     "analytics": ("bench_analytics", "bench_analytics"),
     "workflow": ("bench_workflow", "bench_workflow"),
+    "service": ("bench_service", "bench_service"),
 }
 
 # (benchmark, figure, comparison, goal): the figures the issue sets goals for.
@@ -55,6 +56,7 @@ GOALS: list[tuple[str, str, str, float]] = [
     ("analytics", "percentile_ratio", "<=", 1.2),
     ("workflow", "transition_us", "<=", 100.0),
     ("workflow", "workflows_per_s", ">=", 200.0),
+    ("service", "ratio", ">=", 0.85),
 ]
 _COMPARE: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
 

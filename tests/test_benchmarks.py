@@ -21,6 +21,7 @@ EXPECTED_KEYS = {
     "ml_inference": {"node_per_s", "raw_per_s", "ratio", "p95_ms"},
     "analytics": {"aggregate_1000_ms", "percentile_ratio"},
     "workflow": {"transition_us", "workflows_per_s"},
+    "service": {"node_per_s", "raw_per_s", "ratio", "p95_ms"},
 }
 
 
