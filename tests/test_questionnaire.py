@@ -59,6 +59,12 @@ def test_bad_answers_are_refused_and_nothing_is_written(
     assert not destination.exists() or not any(destination.iterdir())
 
 
+def contract_path(node: Path) -> Path:
+    """The ONEX contract, inside the node's package."""
+    (path,) = (node / "src").glob("*/contract.yaml")
+    return path
+
+
 def test_the_recommendation_is_the_default_variant_and_is_stored(tmp_path: Path) -> None:
     node = render(
         tmp_path / "node",
@@ -67,23 +73,23 @@ def test_the_recommendation_is_the_default_variant_and_is_stored(tmp_path: Path)
     answers = yaml.safe_load((node / ".copier-answers.yml").read_text())
     assert answers["variant"] == "analytics"
     assert answers["features"] == ["p95", "histograms", "retries"]
-    contract = yaml.safe_load((node / "contract.yaml").read_text())
-    assert contract["variant"]["name"] == "analytics"
-    assert contract["variant"]["recommended"] == "analytics"
-    assert contract["variant"]["selector_version"]
+    contract = yaml.safe_load(contract_path(node).read_text())
+    assert contract["annotations"]["variant"]["name"] == "analytics"
+    assert contract["annotations"]["variant"]["recommended"] == "analytics"
+    assert contract["annotations"]["variant"]["selector_version"]
     assert contract["node_type"] == "REDUCER_GENERIC"
 
 
 def test_an_override_is_kept_and_the_recommendation_recorded(tmp_path: Path) -> None:
     node = render(tmp_path / "node", {**BASE, "features": ["postgres"], "variant": "production"})
-    contract = yaml.safe_load((node / "contract.yaml").read_text())
-    assert contract["variant"]["name"] == "production"
-    assert contract["variant"]["recommended"] == "database_heavy"
+    contract = yaml.safe_load(contract_path(node).read_text())
+    assert contract["annotations"]["variant"]["name"] == "production"
+    assert contract["annotations"]["variant"]["recommended"] == "database_heavy"
     answers = yaml.safe_load((node / ".copier-answers.yml").read_text())
     # Only the person's changes to the variant's mixins are stored, not the derived list.
     assert (answers["mixins_added"], answers["mixins_removed"]) == ([], [])
     assert "mixins" not in answers
-    assert contract["mixins"] == [
+    assert contract["annotations"]["mixins"] == [
         "structured_logging",
         "metrics",
         "health",
@@ -146,7 +152,7 @@ def test_any_answer_text_survives_rendering(
     pyproject = tomllib.loads((node / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["authors"][0]["name"] == author
     assert pyproject["project"]["description"] == " ".join(description.split())
-    contract = yaml.safe_load((node / "contract.yaml").read_text(encoding="utf-8"))
+    contract = yaml.safe_load(contract_path(node).read_text(encoding="utf-8"))
     assert contract["description"] == description
     answers = yaml.safe_load((node / ".copier-answers.yml").read_text(encoding="utf-8"))
     assert answers["description"] == description
