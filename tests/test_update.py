@@ -124,9 +124,10 @@ def test_a_custom_variant_is_offered_recommended_and_rendered(tmp_path: Path) ->
         vcs_ref="HEAD",
         quiet=True,
     )
-    contract = yaml.safe_load((node / "contract.yaml").read_text())
-    assert contract["variant"]["name"] == "search_heavy"
-    assert contract["variant"]["recommended"] == "search_heavy"
+    contract = yaml.safe_load((node / "src" / "finder" / "contract.yaml").read_text())
+    assert contract["annotations"]["variant"]["name"] == "search_heavy"
+    assert contract["annotations"]["variant"]["recommended"] == "search_heavy"
+    assert contract["performance"]["single_operation_max_ms"] == 3000
     shipped = {p.stem for p in (node / "src" / "finder" / "mixins").glob("*.py")}
     assert shipped == {"__init__", "structured_logging", "metrics", "health", "retry"}
 
@@ -148,9 +149,9 @@ def test_update_keeps_the_person_code_and_uses_the_new_selector(tmp_path: Path) 
     release(template, "1.1.0")
     update(node, "1.1.0")
 
-    contract = yaml.safe_load((node / "contract.yaml").read_text())
-    assert contract["variant"]["selector_version"] == "1.1.0-test"
-    assert contract["variant"]["name"] == "standard"
+    contract = yaml.safe_load((node / "src" / "kept_node" / "contract.yaml").read_text())
+    assert contract["annotations"]["variant"]["selector_version"] == "1.1.0-test"
+    assert contract["annotations"]["variant"]["name"] == "standard"
     assert "MARKER = 1" in handlers.read_text()
     assert (node / "NOTES.md").read_text() == "my notes\n"
     assert "Upgraded template section." in (node / "README.md").read_text()
