@@ -6,7 +6,7 @@ the node's service app (body limit, intake gate, error mapping, response metrics
 runtime and mixins around the handler) and a plain FastAPI app whose one route takes the same
 input model and awaits the same handler with the node's resources. A standard effect node is
 used: its handler does no I/O, so the figure is the service's own cost. The load comes from
-this process: 3,000 POSTs per round at concurrency 16 on a keep-alive aiohttp pool, rounds
+this process: 2,000 POSTs per round (15 rounds) at concurrency 16 on a keep-alive aiohttp pool, rounds
 interleaved.
 """
 
@@ -32,7 +32,7 @@ from benchmarks.bench_common import (
     run_concurrently,
 )
 
-REQUESTS = 3_000
+REQUESTS = 2_000
 CONCURRENCY = 16
 BODY = {"values": [1.5, 2.5, 3.0]}
 
@@ -91,7 +91,7 @@ async def _wait_until_up(session: aiohttp.ClientSession, url: str, server: Any) 
 
 async def _measure(quick: bool, server: Any, node_port: int, bare_port: int) -> dict[str, float]:
     requests = 300 if quick else REQUESTS
-    rounds = 1 if quick else 7
+    rounds = 1 if quick else 15
     node_url = f"http://127.0.0.1:{node_port}/operations/fetch_item"
     bare_url = f"http://127.0.0.1:{bare_port}/bare/fetch_item"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
