@@ -6,8 +6,8 @@ the node's service app (body limit, intake gate, error mapping, response metrics
 runtime and mixins around the handler) and a plain FastAPI app whose one route takes the same
 input model and awaits the same handler with the node's resources. A standard effect node is
 used: its handler does no I/O, so the figure is the service's own cost. The load comes from
-this process: 2,000 POSTs per round (15 rounds) at concurrency 16 on a keep-alive aiohttp pool, rounds
-interleaved.
+this process: 2,000 POSTs per round, 15 rounds interleaved, at concurrency 16 on a keep-alive
+aiohttp pool.
 """
 
 from __future__ import annotations
