@@ -1353,13 +1353,26 @@ class TransactionalPipeline:
     """
 
     def __init__(
-        self, consumer: Consumer, producer: Producer, *, transaction_timeout_s: float = 30.0
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        *,
+        transaction_timeout_s: float = 30.0,
+        lock: asyncio.Lock | None = None,
+        on_abort: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``lock`` is held from the start of each batch's transaction to its end: a producer
+        runs one transaction at a time, so another writer on ``producer`` (say, a call that
+        commits state outside the consumer loop) holds it around its own transactions.
+        ``on_abort`` runs, still under the lock, after a batch's transaction failed: the place
+        to roll back what ``transform`` changed in memory."""
         if producer.transactional_id is None:
             raise ValueError("the producer needs a transactional_id")
         self._consumer = consumer
         self._producer = producer
         self._timeout_s = transaction_timeout_s
+        self.lock = lock or asyncio.Lock()
+        self._on_abort = on_abort
 
     async def run(
         self,
@@ -1389,7 +1402,13 @@ class TransactionalPipeline:
                 idle_since = time.monotonic()
                 if max_records is not None:
                     batch = batch[: max_records - processed]
-                await self._process(batch, transform)
+                async with self.lock:
+                    try:
+                        await self._process(batch, transform)
+                    except BaseException:
+                        if self._on_abort is not None:
+                            await self._on_abort()
+                        raise
                 consumer._take(len(batch))
                 processed += len(batch)
         finally:
