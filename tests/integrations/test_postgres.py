@@ -617,10 +617,10 @@ def test_local_postgres_uses_database_url_as_is(monkeypatch: pytest.MonkeyPatch)
     url = "postgresql://someone:secret@db.example:5433/app?sslmode=require"
     monkeypatch.setenv("DATABASE_URL", url)
 
-    def no_server() -> Iterator[Path]:
+    def no_server() -> Iterator[local_postgres_module.LocalPostgresServer]:
         raise AssertionError("a server was started although DATABASE_URL is set")
 
-    monkeypatch.setattr(local_postgres_module, "_embedded_server", no_server)
+    monkeypatch.setattr(local_postgres_module, "embedded_postgres", no_server)
     with local_postgres() as dsn:
         assert dsn == url
 
