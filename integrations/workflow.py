@@ -27,19 +27,27 @@ because the lifecycle has no guards and no actions, so the answer depends on tho
 
 Locking: one run per instance at a time, across replicas, through a session-level advisory lock
 (``pg_try_advisory_lock`` on a 64-bit hash of the table and the id) held for the whole run by
-a connection taken from ``database.pool`` for the run, not through ``Database.transaction``
-(which may run its work twice); the loser of a race gets ``InstanceBusyError`` at once rather
-than queueing. ``SELECT ... FOR UPDATE NOWAIT`` would need a transaction open for the whole
-run, holding back vacuum, with every write inside it, so a crash would lose all the run's
-progress. A lock dies with its session, so a killed process frees its instances as soon as
-PostgreSQL notices the closed socket. The run's writes go over that same connection, each
-statement committing on its own: one round trip a write, none to the pool, and no write can
-outlive the lock, since a write that finds the connection dead fails with ``LeaseLostError``
-instead of being retried elsewhere (the run stops; running the instance again resumes it).
-Writes are fenced besides: each run bumps the row's ``generation`` and every write requires it
-unchanged, so a write from an older run (through ``WorkflowStore.save`` without the lease, say)
-cannot overwrite a newer run's row. Each running instance holds one pooled connection: size the
-pool for the instances run at once plus what the steps themselves use.
+a connection of its own, not through ``Database.transaction`` (which may run its work twice);
+the loser of a race gets ``InstanceBusyError`` at once rather than queueing. ``SELECT ... FOR
+UPDATE NOWAIT`` would need a transaction open for the whole run, holding back vacuum, with every
+write inside it, so a crash would lose all the run's progress. A lock dies with its session, so
+a killed process frees its instances as soon as PostgreSQL notices the closed socket. The run's
+writes go over that same connection, each statement committing on its own: one round trip a
+write, none to the pool, and no write can outlive the lock, since a write that finds the
+connection dead fails with ``LeaseLostError`` instead of being retried elsewhere (the run
+stops; running the instance again resumes it). Writes are fenced besides: each run bumps the
+row's ``generation`` and every write requires it unchanged, so a write from an older run
+(through ``WorkflowStore.save`` without the lease, say) cannot overwrite a newer run's row.
+
+Pool sizing: the lock connections come from a ``Database`` of their own (``WorkflowStore``'s
+``locks``), never from the pool the steps use. Sharing one pool let N runs hold all N
+connections for their locks while their steps waited for one, timed out and were compensated
+although nothing was wrong. ``locks.max_size`` is therefore the number of instances this process
+runs at once; a run that finds none free within ``locks.acquire_timeout_s`` gets
+``RunCapacityError`` before the instance is created or touched. A local shortage met by a step
+(``PoolExhaustedError`` anywhere in its exception's cause chain, or any of the engine's
+``local_errors``) is not the step's failure: it uses up no attempt, starts no compensation, and
+the run stops with ``StepDeferredError``, leaving the instance resumable where it was.
 """
 
 from __future__ import annotations
@@ -78,7 +86,9 @@ __all__ = [
     "InvalidTransitionError",
     "LeaseLostError",
     "Parallel",
+    "RunCapacityError",
     "Step",
+    "StepDeferredError",
     "WorkflowEngine",
     "WorkflowError",
     "WorkflowFailedError",
@@ -169,6 +179,39 @@ class LeaseLostError(WorkflowError):
             "run it again to resume"
         )
         self.instance_id = instance_id
+
+
+class RunCapacityError(WorkflowError):
+    """Every lock connection is in use: this process already runs as many instances as its lock
+    pool allows. Raised before the instance is created or changed."""
+
+    def __init__(self, instance_id: str, locks: Database) -> None:
+        super().__init__(
+            f"workflow instance {instance_id!r} was not started or changed: no lock connection "
+            f"of {locks.name!r} became free within {locks.acquire_timeout_s:g}s, since this "
+            f"process already runs {locks.max_size} instances at once (the lock pool's "
+            "max_size); run it again later, or raise the lock pool's max_size (each running "
+            "instance holds one connection of it, besides what its steps use)"
+        )
+        self.instance_id = instance_id
+        self.max_runs = locks.max_size
+
+
+class StepDeferredError(WorkflowError):
+    """A step (or a compensation) met a shortage of this process (no pooled connection free in
+    time), not a failure of its own. No attempt was counted and nothing was compensated: the
+    instance stays as last written (``running`` or ``compensating``); running it again
+    resumes it. The cause is the shortage."""
+
+    def __init__(self, instance_id: str, step: str, doing: str, cause: BaseException) -> None:
+        super().__init__(
+            f"workflow instance {instance_id!r}: {doing} {step!r} was deferred, not failed: "
+            f"this process is short of a local resource ({type(cause).__name__}); the instance "
+            "stays resumable, run it again once load drops (or size the pools for it)"
+        )
+        self.instance_id = instance_id
+        self.step = step
+        self.cause = cause
 
 
 # --- lifecycle -----------------------------------------------------------------------------------
@@ -447,11 +490,23 @@ def _is_closed(conn: asyncpg.Connection) -> bool:
 class WorkflowStore:
     """The instances of any number of workflows, one row each, in ``table`` (optionally
     schema-qualified). Create the table with ``ensure_schema()``, or with ``schema_sql(table)``
-    (``SCHEMA_SQL`` for the default name) in the node's migrations."""
+    (``SCHEMA_SQL`` for the default name) in the node's migrations.
 
-    def __init__(self, database: Database, *, table: str = DEFAULT_TABLE) -> None:
+    ``database`` serves the reads and the steps; ``locks``, a ``Database`` of its own on the same
+    PostgreSQL database, holds one connection per running instance (its lock, and the run's
+    writes), so its ``max_size`` bounds the instances this process runs at once. Open and
+    close both."""
+
+    def __init__(self, database: Database, *, locks: Database, table: str = DEFAULT_TABLE) -> None:
         _check_identifier(table)
+        if locks is database:
+            raise ValueError(
+                "locks must be a Database of its own, not the one the steps use: runs holding "
+                "every connection of a shared pool for their locks leave none for their steps "
+                "(size it for the instances run at once, e.g. min_size=0, max_size=10)"
+            )
         self.database = database
+        self.locks = locks
         self.table = table
         self.schema_sql = schema_sql(table)
         self._claim_sql = (
@@ -542,18 +597,17 @@ class WorkflowStore:
 
     @contextlib.asynccontextmanager
     async def lock(self, instance_id: str) -> AsyncIterator[InstanceLease]:
-        """Hold the instance's advisory lock, on a pooled connection of its own, or raise
-        ``InstanceBusyError`` at once."""
-        database = self.database
-        pool = database.pool
+        """Hold the instance's advisory lock, on a connection of the lock pool, or raise
+        ``InstanceBusyError`` at once (``RunCapacityError`` when no lock connection frees up
+        within ``locks.acquire_timeout_s``)."""
+        locks = self.locks
+        pool = locks.pool
         try:
             # asyncio.timeout rather than acquire(timeout=...): see Database._lease.
-            async with asyncio.timeout(database.acquire_timeout_s):
+            async with asyncio.timeout(locks.acquire_timeout_s):
                 proxy = await pool.acquire()
         except TimeoutError:
-            raise PoolExhaustedError(
-                database.name, database.acquire_timeout_s, database.max_size
-            ) from None
+            raise RunCapacityError(instance_id, locks) from None
         conn = cast("asyncpg.Connection", proxy)  # a proxy; see Database._lease
         key = self.lock_key(instance_id)
         try:
@@ -692,13 +746,18 @@ class WorkflowEngine:
         store: WorkflowStore,
         *,
         registry: CollectorRegistry | None = None,
+        local_errors: tuple[type[BaseException], ...] = (PoolExhaustedError,),
     ) -> None:
+        """``local_errors``: exceptions that mean this process ran short of a resource of its
+        own (a pool slot), never that a step failed; met anywhere in a step's exception chain,
+        they defer the step (``StepDeferredError``) instead of failing it."""
         if not name:
             raise ValueError("a workflow needs a name")
         if not steps:
             raise ValueError(f"workflow {name!r} has no steps")
         self.name = name
         self.store = store
+        self.local_errors = local_errors
         self.registry = registry if registry is not None else CollectorRegistry()
         self._plan = tuple(steps)
         self._steps: dict[str, Step] = {}
@@ -886,6 +945,12 @@ class InstanceRun:
                 result = await step.action(instance.context)
             except Exception as exc:
                 engine._step_error[step.name].observe(time.perf_counter() - started)
+                shortage = _local_shortage(exc, engine.local_errors)
+                if shortage is not None:
+                    # Not the step's failure: counting it would end in compensating a run
+                    # that only waited for this process's own pool.
+                    instance.attempts[step.name] = attempts - 1
+                    raise StepDeferredError(instance.id, step.name, "step", shortage) from exc
                 if retry == step.retries:
                     raise StepAttemptsFailedError(step.name, attempts, exc) from exc
                 continue
@@ -939,8 +1004,26 @@ class InstanceRun:
                 await compensate(instance.context)
             except Exception as exc:
                 engine._compensated_error[name].inc()
+                shortage = _local_shortage(exc, engine.local_errors)
+                if shortage is not None:
+                    raise StepDeferredError(instance.id, name, "compensating", shortage) from exc
                 if retry == step.retries:
                     raise StepAttemptsFailedError(name, retry + 1, exc) from exc
                 continue
             engine._compensated_ok[name].inc()
             return
+
+
+def _local_shortage(
+    exc: BaseException, local_errors: tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The first of ``local_errors`` in ``exc``'s cause/context chain (a step may wrap the
+    pool's error in one of its own), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, local_errors):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -71,6 +71,14 @@ async def db(postgres_dsn: str) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
+async def locks(postgres_dsn: str) -> AsyncIterator[Database]:
+    """The lock pool: one connection per running instance, apart from the steps' pool."""
+    database = Database(postgres_dsn, min_size=0, max_size=8, name="workflow-tests-locks")
+    async with database:
+        yield database
+
+
+@pytest.fixture
 async def side(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection of the test's own, outside the kit's pool."""
     conn = await asyncpg.connect(postgres_dsn)
@@ -91,8 +99,8 @@ async def schema(side: asyncpg.Connection) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def store(db: Database, schema: str) -> WorkflowStore:
-    workflow_store = WorkflowStore(db, table=f"{schema}.instances")
+async def store(db: Database, locks: Database, schema: str) -> WorkflowStore:
+    workflow_store = WorkflowStore(db, locks=locks, table=f"{schema}.instances")
     await workflow_store.ensure_schema()
     return workflow_store
 
@@ -361,7 +369,10 @@ from integrations.workflow import Step, WorkflowEngine, WorkflowStore
 
 
 async def main(dsn, schema, app, instance_id):
-    async with Database(dsn, min_size=1, max_size=4, name=app) as db:
+    async with (
+        Database(dsn, min_size=1, max_size=4, name=app) as db,
+        Database(dsn, min_size=0, max_size=2, name=app) as locks,
+    ):
 
         def effect(name):
             async def run(context):
@@ -383,7 +394,8 @@ async def main(dsn, schema, app, instance_id):
 
         steps = [Step("step1", effect("step1")), Step("step2", step2)]
         steps.append(Step("step3", effect("step3")))
-        engine = WorkflowEngine("crashy", steps, WorkflowStore(db, table=f"{schema}.instances"))
+        store = WorkflowStore(db, locks=locks, table=f"{schema}.instances")
+        engine = WorkflowEngine("crashy", steps, store)
         await engine.run(instance_id, {"order": 7})
 
 
@@ -556,7 +568,11 @@ async def test_schema_sql_creates_the_default_table(side: asyncpg.Connection, sc
     await side.execute("RESET search_path")
     assert await side.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.{DEFAULT_TABLE}")
     with pytest.raises(ValueError, match="identifier"):
-        WorkflowStore(Database("postgresql://unused"), table="x; DROP TABLE y")
+        WorkflowStore(
+            Database("postgresql://unused"),
+            locks=Database("postgresql://unused"),
+            table="x; DROP TABLE y",
+        )
 
 
 # --- lifecycle and metrics -----------------------------------------------------------------------
