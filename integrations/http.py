@@ -22,14 +22,22 @@ away the connection pool). Per request, in this order:
 3. **Circuit breaker** per upstream host (``host:port``): 5xx, timeouts and connection errors
    are failures, 4xx (429 included: a throttling upstream is answering, not failing) are not.
    Each attempt passes the breaker, so retries stop as soon as it opens; while open, calls fail
-   fast with ``UpstreamUnavailableError`` and nothing is sent.
-4. **Retry** with exponential backoff and equal jitter (the n-th wait is uniform in
+   fast with ``UpstreamUnavailableError`` and nothing is sent. After ``breaker_reset_timeout_s``
+   exactly one call probes the host (others are refused meanwhile); its outcome closes the
+   breaker or opens it for another reset timeout.
+4. **Pool slot**: at most ``pool_limit`` requests in flight (``pool_limit_per_host`` per host).
+   Waiting for a slot is bounded by ``pool_timeout_s`` and is *not* an upstream failure: the
+   upstream has not been asked anything, so the wait is outside ``timeout_s``, the breaker
+   records no verdict, nothing is retried, and the call fails with ``PoolTimeoutError``.
+5. **Retry** with exponential backoff and equal jitter (the n-th wait is uniform in
    ``[b/2, b]`` with ``b = min(initial * 2**(n-1), max)``: spread out, yet never ~0).
-   Idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS) are retried on 5xx, 429, timeouts and
-   connection errors. Others (POST, PATCH) only when the request surely did not run: on 429
-   (refused) and when no connection could be established (refused, DNS, connect timeout:
-   nothing was sent); not on 5xx, a timeout or a dropped connection, after which a retry
-   could run it twice. Other 4xx are never retried.
+   Idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS), and any request sent with an
+   ``idempotency_key`` (an ``Idempotency-Key`` header the upstream uses to apply it once), are
+   retried on 5xx, 429, timeouts and connection errors, a connection dropped mid-response
+   included. Others (POST, PATCH) only when the request surely did not run: on 429 (refused)
+   and when no connection could be established (refused, DNS, connect timeout: nothing was
+   sent); not on 5xx, a timeout or a dropped connection, after which a retry could run it
+   twice. Other 4xx are never retried.
 
    A 429 or 503 carrying ``Retry-After`` (seconds, fractions accepted, or an HTTP date) waits
    that long instead of the backoff; one above ``retry_after_max_s`` raises at once rather than
@@ -38,8 +46,19 @@ away the connection pool). Per request, in this order:
    repeat and the breaker stops the retries once the upstream is really down.
 
 Final statuses >= 400 raise ``UpstreamStatusError`` (``request(raise_for_status=False)`` returns
-them instead). Metrics (``http_client_*``, labelled by ``client=name``) go to a private registry
-unless one is passed; clients sharing a registry share the metrics.
+them instead).
+
+**Redaction.** A URL may carry credentials (``https://user:password@host``, ``?api_key=...``).
+No URL reaches an error message, an error attribute or a repr unredacted: ``redact_url``
+replaces the userinfo with ``***``, the values of query keys that look sensitive (see
+``SENSITIVE_QUERY_KEY_PARTS``) with ``***`` and drops the fragment. Transport errors are not
+chained (``__cause__``/``__context__``), since aiohttp's own messages contain the URL; their
+type and their message, with every secret of the request scrubbed, are in ours. Response
+bodies are not put in messages (``error_body_bytes`` opts in; a body may echo anything).
+The base URL may be given as a ``SecretStr`` (anything with ``get_secret_value()``).
+
+Metrics (``http_client_*``, labelled by ``client=name``) go to a private registry unless one is
+passed; clients sharing a registry share the metrics.
 """
 
 from __future__ import annotations
@@ -55,10 +74,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from types import TracebackType
-from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from typing import Any, Final, Literal, Protocol
+from urllib.parse import quote, quote_plus, urlsplit
 
 import aiohttp
+import yarl
 from cachetools import TTLCache
 from limits import RateLimitItem
 from limits import parse as parse_rate_limit
@@ -73,19 +93,44 @@ from mixins.circuit_breaker import (
 )
 
 __all__ = [
+    "SENSITIVE_QUERY_KEYS",
+    "SENSITIVE_QUERY_KEY_PARTS",
     "HttpClient",
     "HttpError",
     "HttpResponse",
+    "PoolTimeoutError",
     "RateLimitedError",
     "UpstreamConnectionError",
     "UpstreamStatusError",
     "UpstreamTimeoutError",
     "UpstreamUnavailableError",
+    "redact_url",
 ]
 
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _CACHEABLE: Final = frozenset({"GET", "HEAD"})
-_BODY_IN_ERRORS: Final = 1024  # bytes of the upstream's body kept on UpstreamStatusError
+_BODY_IN_ERRORS: Final = 1024  # bytes of the upstream's body kept on UpstreamStatusError.body
+_REDACTED: Final = "***"
+# A query key is sensitive when, lower-cased, it contains one of these (``api_key``,
+# ``X-Amz-Signature``, ``access_token``, ``client_secret``, ``password``, ``oauth_...``) or
+# equals one of SENSITIVE_QUERY_KEYS (short names too common as parts of harmless keys).
+# Redacting a harmless value costs a little debugging; leaking a credential costs more.
+SENSITIVE_QUERY_KEY_PARTS: Final = (
+    "key",
+    "token",
+    "secret",
+    "passw",
+    "pwd",
+    "auth",
+    "signature",
+    "credential",
+    "session",
+    "cookie",
+    "jwt",
+    "private",
+)
+SENSITIVE_QUERY_KEYS: Final = frozenset({"sig", "code", "pass", "sas", "otp", "nonce"})
+_IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 _CLOCK_SLACK_S: Final = 0.005  # `limits` stamps with the wall clock, which may step slightly
 # Transport errors worth retrying and counting against the upstream; TLS and fingerprint
 # failures are configuration problems that a retry or an open breaker would not fix.
@@ -93,8 +138,66 @@ _TRANSIENT: Final = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 _PERMANENT: Final = (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch)
 
 
+class _Secret(Protocol):
+    """pydantic's ``SecretStr``, or anything else that hides a string until asked."""
+
+    def get_secret_value(self) -> str: ...
+
+
+def _sensitive_key(key: str) -> bool:
+    lowered = key.lower()
+    return lowered in SENSITIVE_QUERY_KEYS or any(p in lowered for p in SENSITIVE_QUERY_KEY_PARTS)
+
+
+def redact_url(url: str | yarl.URL) -> str:
+    """``url`` fit for a log line, an error or a repr: userinfo and the values of sensitive
+    query keys become ``***``, the fragment is dropped. A URL that does not parse is
+    replaced whole, since where its secrets are cannot be told."""
+    try:
+        parsed = url if isinstance(url, yarl.URL) else yarl.URL(url)
+        if parsed.raw_user is not None or parsed.raw_password is not None:
+            parsed = parsed.with_user(_REDACTED)
+        if any(_sensitive_key(key) for key in parsed.query):
+            parsed = parsed.with_query(
+                [(k, _REDACTED if _sensitive_key(k) else v) for k, v in parsed.query.items()]
+            )
+        return str(parsed.with_fragment(None))
+    except (TypeError, ValueError):
+        return "<unparseable URL, redacted>"
+
+
+def _secrets_in(url: str, params: Mapping[str, str] | None) -> list[str]:
+    """Every credential this request's URL and params carry, in each form it may be printed
+    in (as given, decoded, percent- or plus-encoded), longest first."""
+    found: set[str] = set()
+    try:
+        parsed = yarl.URL(url)
+        values = [parsed.user, parsed.password, parsed.raw_user, parsed.raw_password]
+        values += [v for k, v in parsed.query.items() if _sensitive_key(k)]
+        query = parsed.raw_query_string
+    except (TypeError, ValueError):
+        values, query = [], ""
+    for pair in query.split("&"):
+        key, _, raw = pair.partition("=")
+        if _sensitive_key(key):
+            values.append(raw)
+    values += [v for k, v in (params or {}).items() if _sensitive_key(str(k))]
+    for value in values:
+        if value:
+            found.update({value, quote(value, safe=""), quote_plus(value, safe="")})
+    found.discard("")
+    return sorted(found, key=len, reverse=True)
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
 class HttpError(Exception):
-    """Base of every error this client raises: catch it to handle any failed call."""
+    """Base of every error this client raises: catch it to handle any failed call. ``url``
+    is redacted (``redact_url``); the message never holds a credential of the request."""
 
     def __init__(self, message: str, *, method: str = "", url: str = "", host: str = "") -> None:
         super().__init__(message)
@@ -116,13 +219,18 @@ class UpstreamStatusError(HttpError):
         attempts: int,
         retry_after: float | None = None,
         detail: str = "",
+        body_in_message: int = 0,
     ) -> None:
         body = response.body[:_BODY_IN_ERRORS]
         message = f"{method} {url} -> HTTP {response.status} after {attempts} attempt(s)"
         if detail:
             message += f" ({detail})"
-        if body:
-            message += f": {body[:200]!r}"
+        # The body is not in the message unless asked for: an upstream's error page may echo
+        # the request, its credentials included, and messages end up in logs.
+        if body and body_in_message > 0:
+            message += f": {body[:body_in_message]!r}"
+        elif body:
+            message += f" ({len(response.body)} byte body not shown)"
         super().__init__(message, method=method, url=url, host=host)
         self.status = response.status
         self.body = body
@@ -138,6 +246,22 @@ class UpstreamTimeoutError(HttpError):
 class UpstreamConnectionError(HttpError):
     """No usable response came back: refused, reset, disconnected, DNS or TLS failure (or an
     aiohttp-level refusal such as an invalid URL or a redirect loop)."""
+
+
+class PoolTimeoutError(HttpError):
+    """No slot of the client's own connection pool came free within ``pool_timeout_s``.
+    Nothing was sent, and the upstream is not blamed (its breaker records nothing): the pool
+    is too small for the load, or the calls holding it are slow."""
+
+    def __init__(self, method: str, url: str, host: str, pool_timeout_s: float) -> None:
+        super().__init__(
+            f"{method} {url} not sent: no connection of the client's pool came free within "
+            f"pool_timeout_s={pool_timeout_s:g}s",
+            method=method,
+            url=url,
+            host=host,
+        )
+        self.pool_timeout_s = pool_timeout_s
 
 
 class UpstreamUnavailableError(HttpError):
@@ -161,13 +285,17 @@ class RateLimitedError(HttpError):
         self.retry_after = retry_after
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class HttpResponse:
     """A fully read response: the connection is back in the pool before the caller sees it."""
 
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+    def __repr__(self) -> str:
+        # Headers (Set-Cookie) and body may hold secrets; a repr ends up in logs.
+        return f"HttpResponse(status={self.status}, body=<{len(self.body)} bytes>)"
 
     def json(self) -> Any:
         return jsonlib.loads(self.body)
@@ -231,6 +359,7 @@ class HttpMetrics:
     cache_misses: Counter
     rate_limit_waits: Counter
     rate_limit_rejections: Counter
+    pool_timeouts: Counter
 
 
 # One set of metrics per registry, shared by the clients that use it (told apart by their
@@ -283,6 +412,11 @@ def _metrics_for(registry: CollectorRegistry) -> HttpMetrics:
             rate_limit_rejections=counter(
                 "rate_limit_rejections_total", "Calls refused with RateLimitedError.", "client"
             ),
+            pool_timeouts=counter(
+                "pool_timeouts_total",
+                "Calls refused with PoolTimeoutError: no pool slot came free in time.",
+                "client",
+            ),
         )
         _METRICS[registry] = metrics
     return metrics
@@ -301,13 +435,20 @@ class UpstreamHost:
         "breaker",
         "host",
         "rejections",
+        "slots",
     )
 
     def __init__(
-        self, client: str, host: str, breaker: CircuitBreaker, metrics: HttpMetrics
+        self,
+        client: str,
+        host: str,
+        breaker: CircuitBreaker,
+        metrics: HttpMetrics,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.host = host
         self.breaker = breaker
+        self.slots = slots  # pool_limit_per_host slots, None when unlimited
         self.rejections = metrics.breaker_rejections.labels(client, host)
         self._client = client
         self._metrics = metrics
@@ -336,10 +477,10 @@ class UpstreamHost:
 
 
 class RequestNotSent(BaseException):
-    """Carries a RateLimitedError out through the breaker. A BaseException, like a
-    cancellation, so that the breaker records no verdict: the upstream was never called."""
+    """Carries a RateLimitedError or PoolTimeoutError out through the breaker. A BaseException,
+    like a cancellation, so that the breaker records no verdict: the upstream was never called."""
 
-    def __init__(self, error: RateLimitedError) -> None:
+    def __init__(self, error: RateLimitedError | PoolTimeoutError) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -351,23 +492,27 @@ class HttpClient:
     """See the module docstring. Use ``async with HttpClient(...) as client`` or open()/close().
 
     ``path_or_url`` is appended to ``base_url`` (``base_url="http://h/api"`` and ``"/users"``
-    give ``http://h/api/users``); an absolute ``http(s)://`` URL is used as is. ``pool_limit``
+    give ``http://h/api/users``); an absolute ``http(s)://`` URL is used as is. ``base_url``
+    may be a ``SecretStr``; credentials in its userinfo are sent as basic auth. ``pool_limit``
     and ``pool_limit_per_host`` of 0 mean unlimited (aiohttp's convention).
-    ``connect_timeout_s`` bounds establishing a TCP connection only, not waiting for a pooled
-    one (a busy pool is not a sign of a failing upstream); ``timeout_s`` bounds each attempt,
-    pool wait included. ``default_headers`` go with every request (an API key, say).
+    ``pool_timeout_s`` bounds waiting for a pool slot (``PoolTimeoutError``),
+    ``connect_timeout_s`` establishing a TCP connection, and ``timeout_s`` each attempt once it
+    holds a slot (a busy pool is not a sign of a failing upstream). ``error_body_bytes`` puts
+    that many bytes of an error response's body in ``UpstreamStatusError``'s message (default
+    0: none). ``default_headers`` go with every request (an API key, say).
     Every host called gets a breaker and metric labels of its own: this is a client for a
     handful of known upstreams, not a crawler.
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | _Secret,
         *,
         pool_limit: int = 100,
         pool_limit_per_host: int = 0,
         timeout_s: float = 10.0,
         connect_timeout_s: float = 3.0,
+        pool_timeout_s: float = 10.0,
         retry_attempts: int = 3,
         retry_initial_backoff_s: float = 0.1,
         retry_max_backoff_s: float = 5.0,
@@ -384,13 +529,20 @@ class HttpClient:
         name: str = "http",
         registry: CollectorRegistry | None = None,
         default_headers: Mapping[str, str] | None = None,
+        error_body_bytes: int = 0,
     ) -> None:
+        if not isinstance(base_url, str):
+            base_url = base_url.get_secret_value()
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+            raise ValueError(
+                f"base_url must be an http:// or https:// URL, got {redact_url(base_url)!r}"
+            )
         if pool_limit < 0 or pool_limit_per_host < 0:
             raise ValueError("pool_limit and pool_limit_per_host must not be negative")
-        if timeout_s <= 0 or connect_timeout_s <= 0:
-            raise ValueError("timeout_s and connect_timeout_s must be positive")
+        if timeout_s <= 0 or connect_timeout_s <= 0 or pool_timeout_s <= 0:
+            raise ValueError("timeout_s, connect_timeout_s and pool_timeout_s must be positive")
+        if error_body_bytes < 0:
+            raise ValueError(f"error_body_bytes must not be negative, got {error_body_bytes}")
         if retry_attempts < 1:
             raise ValueError(f"retry_attempts must be at least 1, got {retry_attempts}")
         if min(retry_initial_backoff_s, retry_max_backoff_s, retry_after_max_s) < 0:
@@ -404,6 +556,12 @@ class HttpClient:
         self._base_host = _host_of(self._base)
         self._pool_limit = pool_limit
         self._pool_limit_per_host = pool_limit_per_host
+        # The pool's slots, taken before a request reaches aiohttp, so that waiting for one is
+        # told apart from an upstream that is slow to connect or answer. The connector has the
+        # same limits and never makes a request wait.
+        self._pool_slots = asyncio.Semaphore(pool_limit) if pool_limit else None
+        self._pool_timeout_s = pool_timeout_s
+        self._error_body_bytes = error_body_bytes
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
@@ -446,6 +604,7 @@ class HttpClient:
         self._m_cache_misses = self._metrics.cache_misses.labels(name)
         self._m_rate_limit_waits = self._metrics.rate_limit_waits.labels(name)
         self._m_rate_limit_rejections = self._metrics.rate_limit_rejections.labels(name)
+        self._m_pool_timeouts = self._metrics.pool_timeouts.labels(name)
         # Built now so that bad breaker settings fail here, not on the first request.
         self._upstreams = {self._base_host: self._new_upstream(self._base_host)}
 
@@ -453,11 +612,16 @@ class HttpClient:
     def registry(self) -> CollectorRegistry:
         return self._registry
 
+    def __repr__(self) -> str:
+        return f"HttpClient(name={self.name!r}, base_url={redact_url(self._base)!r})"
+
     def _new_upstream(self, host: str) -> UpstreamHost:
         breaker = CircuitBreaker(
             f"{self.name}:{host}", is_failure=_is_upstream_failure, **self._breaker_settings
         )
-        return UpstreamHost(self.name, host, breaker, self._metrics)
+        per_host = self._pool_limit_per_host
+        slots = asyncio.Semaphore(per_host) if per_host else None
+        return UpstreamHost(self.name, host, breaker, self._metrics, slots)
 
     async def open(self) -> None:
         """Create the session and its pool (idempotent); needs a running event loop."""
@@ -502,9 +666,13 @@ class HttpClient:
         """GET and parse the JSON body (None for an empty one); >= 400 raises."""
         return self._decode("GET", path, await self.request("GET", path, params=params))
 
-    async def post_json(self, path: str, payload: Any) -> Any:
-        """POST ``payload`` as JSON and parse the JSON reply (None for an empty one)."""
-        return self._decode("POST", path, await self.request("POST", path, json=payload))
+    async def post_json(
+        self, path: str, payload: Any, *, idempotency_key: str | None = None
+    ) -> Any:
+        """POST ``payload`` as JSON and parse the JSON reply (None for an empty one). With an
+        ``idempotency_key`` it is retried like a GET (see ``request``)."""
+        response = await self.request("POST", path, json=payload, idempotency_key=idempotency_key)
+        return self._decode("POST", path, response)
 
     async def request(
         self,
@@ -516,13 +684,21 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         raise_for_status: bool = True,
+        idempotency_key: str | None = None,
     ) -> HttpResponse:
         """Send a request through cache, rate limit, breaker and retries (module docstring).
 
         Raises an ``HttpError`` subclass; with ``raise_for_status=False`` a final status >= 400
-        is returned instead of raised as ``UpstreamStatusError``.
+        is returned instead of raised as ``UpstreamStatusError``. ``idempotency_key`` is sent as
+        the ``Idempotency-Key`` header (so is one passed in ``headers``) and makes a POST or
+        PATCH retryable like a GET: every attempt carries the same key, and an upstream that
+        honours it applies the request once however many attempts reach it.
         """
         method = method.upper()
+        if idempotency_key is not None:
+            if not idempotency_key:
+                raise ValueError("idempotency_key must not be empty")
+            headers = {**(headers or {}), _IDEMPOTENCY_HEADER: idempotency_key}
         if path_or_url.startswith(("http://", "https://")):
             url, host = path_or_url, _host_of(path_or_url)
         else:
@@ -598,10 +774,10 @@ class HttpClient:
         session = self._session
         if session is None:
             raise HttpError(
-                f"{method} {url} not sent: HttpClient {self.name!r} is not open "
+                f"{method} {redact_url(url)} not sent: HttpClient {self.name!r} is not open "
                 "(use `async with` or await open() first)",
                 method=method,
-                url=url,
+                url=redact_url(url),
                 host=host,
             )
         upstream = self._upstreams.get(host)
@@ -613,13 +789,18 @@ class HttpClient:
             timeout = aiohttp.ClientTimeout(
                 total=timeout_s, sock_connect=min(timeout_s, self._connect_timeout_s)
             )
-        idempotent = method in _IDEMPOTENT
+        idempotent = method in _IDEMPOTENT or (
+            headers is not None and any(k.lower() == "idempotency-key" for k in headers)
+        )
         # The rate limit is taken inside the breaker, so that a call bound to fail fast does
         # not spend (or wait for) a slot.
         send = self._attempt if self._limiter is None else self._limited_attempt
         attempt = 0
         while True:
             attempt += 1
+            # Errors are raised after the `except` blocks, not in them: raised there, they
+            # would chain aiohttp's exception, whose message holds the URL and its secrets.
+            error: HttpError | None = None
             try:
                 with breaker.guard():
                     response = await send(
@@ -627,42 +808,43 @@ class HttpClient:
                     )
             except CircuitOpenError as exc:
                 upstream.rejections.inc()
-                raise UpstreamUnavailableError(
-                    method, url, host, exc.retry_after, str(exc)
-                ) from None
+                error = UpstreamUnavailableError(
+                    method, redact_url(url), host, exc.retry_after, str(exc)
+                )
             except RequestNotSent as exc:
-                raise exc.error from None
+                error = exc.error
             except ServerError as exc:
                 response = exc.response
             except TimeoutError as exc:
                 # Connection timeouts mean nothing was sent: safe to retry for any method.
-                if attempt < self._attempts and (
-                    idempotent or isinstance(exc, aiohttp.ConnectionTimeoutError)
-                ):
+                unsent = isinstance(exc, aiohttp.ConnectionTimeoutError)
+                if attempt < self._attempts and (idempotent or unsent):
                     await self._pause(upstream, method, self._backoff_s(attempt))
                     continue
                 limit = timeout.total if timeout.total is not None else self._timeout_s
-                phase = "connecting" if isinstance(exc, aiohttp.ConnectionTimeoutError) else ""
-                raise UpstreamTimeoutError(
-                    f"{method} {url} timed out {phase or f'after {limit:g}s'} "
+                error = UpstreamTimeoutError(
+                    f"{method} {redact_url(url)} timed out "
+                    f"{'connecting' if unsent else f'after {limit:g}s'} "
                     f"(attempt {attempt} of {self._attempts})",
                     method=method,
-                    url=url,
+                    url=redact_url(url),
                     host=host,
-                ) from exc
+                )
             except aiohttp.ClientError as exc:
                 transient = isinstance(exc, _TRANSIENT) and not isinstance(exc, _PERMANENT)
                 unsent = isinstance(exc, aiohttp.ClientConnectorError)
                 if transient and attempt < self._attempts and (idempotent or unsent):
                     await self._pause(upstream, method, self._backoff_s(attempt))
                     continue
-                raise UpstreamConnectionError(
-                    f"{method} {url} failed after {attempt} attempt(s): "
-                    f"{type(exc).__name__}: {exc}",
+                cause = _scrub(f"{type(exc).__name__}: {exc}", _secrets_in(url, params))
+                error = UpstreamConnectionError(
+                    f"{method} {redact_url(url)} failed after {attempt} attempt(s): {cause}",
                     method=method,
-                    url=url,
+                    url=redact_url(url),
                     host=host,
-                ) from exc
+                )
+            if error is not None:
+                raise error
 
             status = response.status
             if status < 400:
@@ -687,12 +869,13 @@ class HttpClient:
                 continue
             raise UpstreamStatusError(
                 method,
-                url,
+                redact_url(url),
                 host,
                 response,
                 attempts=attempt,
                 retry_after=retry_after,
                 detail=detail,
+                body_in_message=self._error_body_bytes,
             )
 
     async def _limited_attempt(
@@ -718,6 +901,46 @@ class HttpClient:
             await self._release_slot()
 
     async def _attempt(
+        self,
+        session: aiohttp.ClientSession,
+        upstream: UpstreamHost,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        json: Any,
+        headers: Mapping[str, str] | None,
+        client_timeout: aiohttp.ClientTimeout,
+    ) -> HttpResponse:
+        pool, per_host = self._pool_slots, upstream.slots
+        if pool is not None or per_host is not None:
+            try:
+                async with asyncio.timeout(self._pool_timeout_s):
+                    if per_host is not None:
+                        await per_host.acquire()
+                    try:
+                        if pool is not None:
+                            await pool.acquire()
+                    except BaseException:
+                        if per_host is not None:
+                            per_host.release()
+                        raise
+            except TimeoutError:
+                self._m_pool_timeouts.inc()
+                error = PoolTimeoutError(
+                    method, redact_url(url), upstream.host, self._pool_timeout_s
+                )
+                raise RequestNotSent(error) from None
+        try:
+            return await self._send_once(
+                session, upstream, method, url, params, json, headers, client_timeout
+            )
+        finally:
+            if pool is not None:
+                pool.release()
+            if per_host is not None:
+                per_host.release()
+
+    async def _send_once(
         self,
         session: aiohttp.ClientSession,
         upstream: UpstreamHost,
@@ -760,7 +983,7 @@ class HttpClient:
             self._m_rate_limit_rejections.inc()
             delay = await self._slot_free_in()
             retry_after = item.get_expiry() if delay is None else delay
-            raise RateLimitedError(method, url, str(item), retry_after)
+            raise RateLimitedError(method, redact_url(url), str(item), retry_after)
         self._m_rate_limit_waits.inc()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._rate_limit_max_wait_s
@@ -771,7 +994,7 @@ class HttpClient:
                     # With every slot in flight, the first frees a window after one completes.
                     at_least = item.get_expiry() if delay is None else delay
                     if loop.time() + at_least > deadline:
-                        raise RateLimitedError(method, url, str(item), at_least)
+                        raise RateLimitedError(method, redact_url(url), str(item), at_least)
                     if delay is None:
                         self._slot_released.clear()
                         await self._slot_released.wait()
@@ -779,7 +1002,9 @@ class HttpClient:
                         await asyncio.sleep(delay)
         except TimeoutError:
             self._m_rate_limit_rejections.inc()
-            raise RateLimitedError(method, url, str(item), self._rate_limit_max_wait_s) from None
+            raise RateLimitedError(
+                method, redact_url(url), str(item), self._rate_limit_max_wait_s
+            ) from None
         except RateLimitedError:
             self._m_rate_limit_rejections.inc()
             raise
@@ -823,9 +1048,13 @@ class HttpClient:
         try:
             return response.json()
         except ValueError as exc:
-            raise HttpError(
-                f"{method} {path} -> HTTP {response.status} with a body that is not JSON: "
-                f"{response.body[:200]!r}",
-                method=method,
-                url=path,
-            ) from exc
+            # Not the body itself, nor the decoder's error (which holds it as `doc`): a body
+            # may echo the request's credentials.
+            reason = f"{type(exc).__name__} at {getattr(exc, 'pos', '?')}"
+        url = redact_url(path)
+        raise HttpError(
+            f"{method} {url} -> HTTP {response.status} with a body that is not JSON "
+            f"({len(response.body)} bytes; {reason})",
+            method=method,
+            url=url,
+        )
