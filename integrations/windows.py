@@ -13,21 +13,31 @@ and each event lies in ``size / slide`` overlapping windows. Events are stored o
 slide-wide *pane* that holds them, in a growable float64 buffer; a window is its ``size / slide``
 consecutive panes, combined only when it is computed.
 
-Watermark and lateness. ``advance(watermark)`` closes, in start order and exactly once, every
+Event time, watermark and lateness. *Event time* is the later of the watermark and the latest
+accepted event's timestamp. ``advance(watermark)`` closes, in start order and exactly once, every
 window whose ``end + allowed_lateness_s <= watermark`` and frees the panes no open window needs.
 Watermarks only move forward (an older one closes nothing), and ``advance(math.inf)`` closes
 every window that holds data. An event is accepted only while *all* the windows that contain it
-are open, i.e. until its pane's end + allowed_lateness_s <= watermark; after that it is counted
-in ``late_events`` and changes nothing. All or nothing, so overlapping windows never disagree
-about which events they saw, and ``sum(window counts) == (size / slide) * (events - late_events)``
-once every window is closed.
+are within the lateness, i.e. while its pane's end + allowed_lateness_s > event time; after that
+it is counted in ``late_events`` and changes nothing. Measured against the latest event as well
+as the watermark, so an event far in the past (a stale clock, a timestamp of 0) is late even
+before the first ``advance``. All or nothing, so overlapping windows never disagree about which
+events they saw, and ``sum(window counts) == (size / slide) * (events - late_events)`` once every
+window is closed. ``add_many`` decides each event as ``add`` would, in the batch's order.
 
-Empty windows. With ``emit_empty=True`` (the default) the closed windows form an unbroken series
-from the first window of the earliest event onwards: a window without events is returned with
-``count == 0``, ``sum == 0.0``, ``mean``/``min``/``max`` None, ``percentiles == {}`` and an
-all-zero histogram, so a dashboard sees a drop to zero rather than a hole. Closing them costs
-O(windows) even when idle: a watermark far ahead of the data (say, in the wrong unit) returns
-that many empty windows. ``emit_empty=False`` returns only windows that hold events.
+Bounds. One event may move event time forward by at most ``max_forward_jump_s`` (default one
+day): a timestamp further ahead (a wrong unit, a clock years off) would make every later,
+correct event late, so it is refused with ``EventTimeJumpError`` naming it and the bound. The
+first event ever has nothing to be measured against and is taken as it is; ``advance`` moves
+event time too, so a node that calls it on a clock recovers from idling longer than the bound.
+At most ``max_buffered_events`` events are held in the open windows; beyond it an event is
+refused with ``WindowBufferFullError`` (advance the watermark to free them). A refused batch is
+refused whole, and its events counted in ``refused_events``.
+
+Empty windows are not materialised: ``advance`` and ``current`` return only windows that hold
+events, so their cost follows the data, not the time spanned (a watermark far ahead of the data
+closes the windows that hold data and nothing more). A dashboard sees a quiet period through
+``<name>_window_end_seconds`` falling behind.
 
 Percentiles are exact: the window's values are sorted once and interpolated as numpy's
 ``method="linear"`` does, with the same floating-point operations, so they equal
@@ -55,6 +65,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -89,6 +100,26 @@ class WindowError(Exception):
     """A bad window spec or metric name, or a non-finite timestamp, value or watermark."""
 
 
+class EventTimeJumpError(WindowError):
+    """An event further ahead of event time than ``max_forward_jump_s``; nothing was added."""
+
+    def __init__(self, message: str, *, timestamp: float, event_time: float, bound: float):
+        super().__init__(message)
+        self.timestamp = timestamp
+        self.event_time = event_time
+        self.bound = bound
+
+
+class WindowBufferFullError(WindowError):
+    """Adding the events would hold more than ``max_buffered_events``; nothing was added."""
+
+    def __init__(self, message: str, *, buffered: int, adding: int, bound: int):
+        super().__init__(message)
+        self.buffered = buffered
+        self.adding = adding
+        self.bound = bound
+
+
 def _finite(field: str, value: float) -> float:
     try:
         number = float(value)
@@ -109,7 +140,9 @@ class WindowSpec:
     allowed_lateness_s: float = 0.0
     percentiles: tuple[float, ...] = (50.0, 95.0, 99.0)
     histogram_buckets: tuple[float, ...] = DEFAULT_BUCKETS
-    emit_empty: bool = True
+    # How far one event may move event time forward, and how many events open windows may hold.
+    max_forward_jump_s: float = 86_400.0
+    max_buffered_events: int = 1_000_000
 
     def __post_init__(self) -> None:
         size = _finite("size_s", self.size_s)
@@ -144,9 +177,18 @@ class WindowSpec:
             raise WindowError(
                 f"histogram_buckets must be strictly increasing (+Inf is implicit), got {buckets!r}"
             )
+        jump = _finite("max_forward_jump_s", self.max_forward_jump_s)
+        if jump <= 0:
+            raise WindowError(
+                f"max_forward_jump_s must be > 0 seconds, got {self.max_forward_jump_s!r}"
+            )
+        held = self.max_buffered_events
+        if isinstance(held, bool) or not isinstance(held, int) or held < 1:
+            raise WindowError(f"max_buffered_events must be an integer >= 1, got {held!r}")
         # Normalised so that lists and ints given by callers compare and hash like tuples.
         object.__setattr__(self, "percentiles", qs)
         object.__setattr__(self, "histogram_buckets", buckets)
+        object.__setattr__(self, "max_forward_jump_s", jump)
 
     @property
     def pane_s(self) -> float:
@@ -161,7 +203,9 @@ class WindowSpec:
 @dataclass(frozen=True)
 class WindowResult:
     """One window's aggregate. ``percentiles`` maps each requested percentile (0-100) to its
-    value and is empty when ``count == 0``; ``histogram`` is cumulative, ``+Inf`` last."""
+    value; ``histogram`` is cumulative, ``+Inf`` last. Windows without events are never
+    returned, so ``count >= 1``; ``mean``, ``min`` and ``max`` stay optional for callers that
+    build empty results of their own."""
 
     start: float
     end: float
@@ -256,30 +300,44 @@ class WindowAggregator:
         self._pane = spec.pane_s
         self._n = spec.panes_per_window
         self._lateness = float(spec.allowed_lateness_s)
+        self._jump = float(spec.max_forward_jump_s)
+        self._max_buffered = spec.max_buffered_events
         self._qs = spec.percentiles
         self._buckets = np.asarray(spec.histogram_buckets, dtype=np.float64)
-        self._empty_histogram = (0,) * (len(spec.histogram_buckets) + 1)
         self._panes: dict[int, WindowBuffer] = {}
+        self._buffered = 0
         # Index of the next window to close: every window below it is closed. None until the
-        # first event, which fixes where the series of windows begins.
+        # first event.
         self._next: int | None = None
         self._watermark = -math.inf
         self._latest = -math.inf  # the latest accepted event time
         self._late = 0
+        self._refused = 0
 
     @property
     def late_events(self) -> int:
-        """Events refused because a window containing them was already closed."""
+        """Events dropped because event time had passed the end + lateness of their windows."""
         return self._late
+
+    @property
+    def refused_events(self) -> int:
+        """Events of the calls refused by a bound (``EventTimeJumpError``,
+        ``WindowBufferFullError``)."""
+        return self._refused
 
     @property
     def watermark(self) -> float:
         return self._watermark
 
     @property
+    def event_time(self) -> float:
+        """The later of the watermark and the latest accepted event (-inf before either)."""
+        return max(self._watermark, self._latest)
+
+    @property
     def buffered_events(self) -> int:
         """Events held in memory: those of the panes some open window still needs."""
-        return sum(b.size for b in self._panes.values())
+        return self._buffered
 
     # --- pane arithmetic: one formula for bounds, lateness and closing, so they always agree
 
@@ -310,14 +368,38 @@ class WindowAggregator:
         panes += bound <= ts
         return panes
 
-    def _is_late(self, pane: int) -> bool:
+    def _is_late(self, pane: int, event_time: float) -> bool:
         # The earliest window holding this pane ends where the pane ends.
-        return (pane + 1) * self._pane + self._lateness <= self._watermark
+        return (pane + 1) * self._pane + self._lateness <= event_time
 
-    def _accepted(self, first_pane: int, latest: float) -> None:
+    def _refuse_jump(self, t: float, event_time: float, count: int) -> NoReturn:
+        self._refused += count
+        raise EventTimeJumpError(
+            f"timestamp {t!r} is {t - event_time:g} s ahead of event time {event_time!r}, more "
+            f"than max_forward_jump_s ({self._jump:g} s) allows; the event was not added "
+            "(a timestamp in the wrong unit, or a clock far off?)",
+            timestamp=t,
+            event_time=event_time,
+            bound=self._jump,
+        )
+
+    def _check_room(self, adding: int, count: int) -> None:
+        if self._buffered + adding > self._max_buffered:
+            self._refused += count
+            raise WindowBufferFullError(
+                f"max_buffered_events ({self._max_buffered}) reached: {self._buffered} events "
+                f"held, {adding} more given; nothing was added. Advance the watermark to close "
+                "windows and free them",
+                buffered=self._buffered,
+                adding=adding,
+                bound=self._max_buffered,
+            )
+
+    def _accepted(self, first_pane: int, latest: float, count: int) -> None:
         first_window = first_pane - self._n + 1
         self._next = first_window if self._next is None else min(self._next, first_window)
         self._latest = max(self._latest, latest)
+        self._buffered += count
 
     # --- ingestion
 
@@ -326,20 +408,24 @@ class WindowAggregator:
         t = _finite("timestamp", timestamp)
         v = _finite("value", value)
         pane = self._pane_of(t)
-        if self._is_late(pane):
+        now = self.event_time
+        if now > -math.inf and t - now > self._jump:
+            self._refuse_jump(t, now, 1)
+        if self._is_late(pane, now):
             self._late += 1
             return
+        self._check_room(1, 1)
         buffer = self._panes.get(pane)
         if buffer is None:
             buffer = self._panes[pane] = WindowBuffer()
         buffer.append(v)
-        self._accepted(pane, t)
+        self._accepted(pane, t, 1)
 
     def add_many(
         self, timestamps: FloatArray | Sequence[float], values: FloatArray | Sequence[float]
     ) -> None:
-        """Add a batch of events, vectorised; rejected whole if any timestamp or value is not
-        finite."""
+        """Add a batch of events, vectorised, each decided as ``add`` would in the batch's
+        order; refused whole if any timestamp or value is not finite, or a bound is hit."""
         ts = np.asarray(timestamps, dtype=np.float64)
         vs = np.asarray(values, dtype=np.float64)
         if ts.ndim != 1 or ts.shape != vs.shape:
@@ -357,15 +443,29 @@ class WindowAggregator:
         if len(ts) == 0:
             return
         panes = self._panes_of(ts)
-        if self._watermark > -math.inf:
-            late = (panes + 1.0) * self._pane + self._lateness <= self._watermark
-            n_late = int(np.count_nonzero(late))
-            if n_late:
-                self._late += n_late
-                keep = ~late
-                ts, vs, panes = ts[keep], vs[keep], panes[keep]
-                if len(ts) == 0:
-                    return
+        now = self.event_time
+        # Event time as each event arrives: the latest before it, or for the first event ever
+        # itself (nothing to measure it against). Late events never raise it (they are older
+        # than it), so taking them into the running maximum changes nothing.
+        running = np.maximum.accumulate(ts)
+        before = np.empty_like(ts)
+        before[0] = ts[0] if now == -math.inf else now
+        np.maximum(running[:-1], now, out=before[1:])
+        jumps = ts - before > self._jump
+        if jumps.any():
+            i = int(np.argmax(jumps))
+            self._refuse_jump(float(ts[i]), float(before[i]), len(ts))
+        # An event never counts itself late (its pane ends after it), so `running` may hold it.
+        np.maximum(running, now, out=running)
+        late = (panes + 1.0) * self._pane + self._lateness <= running
+        n_late = int(np.count_nonzero(late))
+        self._check_room(len(ts) - n_late, len(ts))
+        if n_late:
+            self._late += n_late
+            keep = ~late
+            ts, vs, panes = ts[keep], vs[keep], panes[keep]
+            if len(ts) == 0:
+                return
         first, last = int(panes.min()), int(panes.max())
         if first == last:
             self._extend(first, vs)
@@ -375,7 +475,7 @@ class WindowAggregator:
             cuts = np.flatnonzero(np.diff(panes)) + 1
             for start, stop in zip([0, *cuts.tolist()], [*cuts.tolist(), len(panes)], strict=True):
                 self._extend(int(panes[start]), vs[start:stop])
-        self._accepted(first, float(ts.max()))
+        self._accepted(first, float(ts.max()), len(ts))
 
     def _extend(self, pane: int, values: FloatArray) -> None:
         buffer = self._panes.get(pane)
@@ -386,8 +486,9 @@ class WindowAggregator:
     # --- windows
 
     def advance(self, watermark: float) -> list[WindowResult]:
-        """Close and return, in start order, every window with end + allowed_lateness_s <=
-        watermark; each window is returned once and its memory freed. +inf flushes all."""
+        """Close and return, in start order, every window holding events with end +
+        allowed_lateness_s <= watermark; each window is returned once and its memory freed.
+        +inf flushes all."""
         w = float(watermark)
         if math.isnan(w):
             raise WindowError("watermark must not be NaN")
@@ -396,14 +497,13 @@ class WindowAggregator:
         if self._next is None:
             self._watermark = w
             return []
-        # At +inf: every window holding data, not an endless run of empty ones after it.
         last = max(self._panes, default=self._next - 1) if math.isinf(w) else self._last_closable(w)
         self._watermark = w
         results = self._windows(self._next, last)
         self._next = max(self._next, last + 1)
         # Windows from _next on start at pane _next or later: no one needs the panes before.
         for pane in [p for p in self._panes if p < self._next]:
-            del self._panes[pane]
+            self._buffered -= self._panes.pop(pane).size
         return results
 
     def _last_closable(self, w: float) -> int:
@@ -419,8 +519,8 @@ class WindowAggregator:
         return k
 
     def current(self, now: float | None = None) -> list[WindowResult]:
-        """The open windows that have started by ``now`` (default: the latest event time), as
-        they stand; nothing is closed."""
+        """The open windows holding events that have started by ``now`` (default: the latest
+        event time), as they stand; nothing is closed."""
         if self._next is None:
             return []
         t = self._latest if now is None else float(now)
@@ -432,13 +532,12 @@ class WindowAggregator:
         return self._windows(self._next, last)
 
     def _windows(self, first: int, last: int) -> list[WindowResult]:
+        """The windows in [first, last] that hold events: found from the panes, so the cost
+        follows the data however many windows the range spans."""
         n = self._n
-        if self.spec.emit_empty:
-            indices: Sequence[int] = range(first, last + 1)
-        else:
-            indices = sorted(
-                {k for p in self._panes for k in range(max(p - n + 1, first), min(p, last) + 1)}
-            )
+        indices = sorted(
+            {k for p in self._panes for k in range(max(p - n + 1, first), min(p, last) + 1)}
+        )
         results: list[WindowResult] = []
         for k in indices:
             parts = [self._panes[p].view() for p in range(k, k + n) if p in self._panes]
@@ -448,8 +547,6 @@ class WindowAggregator:
     def _result(self, k: int, parts: list[FloatArray]) -> WindowResult:
         start = k * self._pane
         end = (k + self._n) * self._pane
-        if not parts:
-            return WindowResult(start, end, 0, 0.0, None, None, None, {}, self._empty_histogram)
         # np.sort and np.concatenate both copy: the panes themselves stay untouched.
         ordered = np.sort(parts[0]) if len(parts) == 1 else np.sort(np.concatenate(parts))
         count = len(ordered)

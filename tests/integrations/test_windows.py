@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from integrations.windows import (
+    EventTimeJumpError,
     WindowAggregator,
+    WindowBufferFullError,
     WindowError,
     WindowResult,
     WindowSpec,
@@ -105,22 +108,23 @@ def random_events(seed: int, n: int, low: float, high: float) -> list[Event]:
 # --- window contents ------------------------------------------------------------------------
 
 
-def test_tumbling_windows_match_brute_force_and_gaps_give_empty_windows() -> None:
-    spec = spec_of(10.0)
+def test_tumbling_windows_match_brute_force_and_gaps_give_no_windows() -> None:
+    # Random order: the lateness covers the whole span, so nothing is late.
+    spec = spec_of(10.0, allowed_lateness_s=100.0)
     events = random_events(1, 2000, 0.0, 40.0) + random_events(2, 2000, 60.0, 100.0)
     agg = WindowAggregator(spec)
     agg.add_many([t for t, _ in events], [v for _, v in events])
-    results = agg.advance(100.0)
-    assert [r.start for r in results] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
+    results = agg.advance(200.0)
+    # The gap [40, 60) has no events, so no windows.
+    assert [r.start for r in results] == [0.0, 10.0, 20.0, 30.0, 60.0, 70.0, 80.0, 90.0]
     for r in results:
         assert_window(r, bf_window(events, r.start, r.end), spec)
-    assert [r.count for r in results][4:6] == [0, 0]  # the gap [40, 60)
     assert sum(r.count for r in results) == len(events)
     assert agg.late_events == 0
 
 
 def test_sliding_windows_match_brute_force() -> None:
-    spec = spec_of(10.0, 2.5)
+    spec = spec_of(10.0, 2.5, allowed_lateness_s=50.0)
     events = random_events(3, 3000, 3.0, 47.0)
     agg = WindowAggregator(spec)
     agg.add_many(np.array([t for t, _ in events]), np.array([v for _, v in events]))
@@ -135,7 +139,8 @@ def test_sliding_windows_match_brute_force() -> None:
 
 
 def test_single_adds_and_batches_agree() -> None:
-    spec = spec_of(6.0, 2.0)
+    # Random order and a short lateness: batches must decide each event as single adds do.
+    spec = spec_of(6.0, 2.0, allowed_lateness_s=3.0)
     events = random_events(4, 500, 0.0, 30.0)
     one, many = WindowAggregator(spec), WindowAggregator(spec)
     for t, v in events:
@@ -144,6 +149,7 @@ def test_single_adds_and_batches_agree() -> None:
         chunk = events[i : i + 37]
         many.add_many([t for t, _ in chunk], [v for _, v in chunk])
     assert one.current() == many.current()
+    assert 0 < one.late_events == many.late_events < len(events)
     assert one.advance(math.inf) == many.advance(math.inf)
 
 
@@ -162,7 +168,7 @@ def test_window_bounds_are_half_open() -> None:
 def test_sliding_bounds_hold_for_a_slide_that_floats_cannot_represent() -> None:
     """0.1 is not a binary fraction: events on and next to the computed bounds must land in the
     windows whose reported [start, end) contains them, no matter how t / 0.1 rounds."""
-    spec = spec_of(0.3, 0.1)
+    spec = spec_of(0.3, 0.1, allowed_lateness_s=10.0)
     ts = sorted({round(k * 0.1, 10) for k in range(60)} | {k * 0.1 for k in range(60)})
     ts += [math.nextafter(t, -math.inf) for t in ts if t > 0]
     agg, one_by_one = WindowAggregator(spec), WindowAggregator(spec)
@@ -178,20 +184,101 @@ def test_sliding_bounds_hold_for_a_slide_that_floats_cannot_represent() -> None:
     assert sum(r.count for r in results) == 3 * len(ts)
 
 
-def test_emit_empty_false_skips_windows_without_events() -> None:
-    spec = spec_of(5.0, emit_empty=False)
-    agg = WindowAggregator(spec)
+def test_windows_without_events_are_not_returned() -> None:
+    agg = WindowAggregator(spec_of(5.0))
     agg.add_many([1.0, 2.0, 31.0], [1.0, 1.0, 1.0])
     assert [(r.start, r.count) for r in agg.advance(100.0)] == [(0.0, 2), (30.0, 1)]
+    assert agg.advance(200.0) == []  # idle: nothing to close, nothing made up
 
 
-def test_empty_windows_are_emitted_while_idle() -> None:
-    agg = WindowAggregator(spec_of(5.0))
-    agg.add(1.0, 1.0)
-    assert [(r.start, r.count) for r in agg.advance(5.0)] == [(0.0, 1)]
-    idle = agg.advance(20.0)
-    assert [(r.start, r.count) for r in idle] == [(5.0, 0), (10.0, 0), (15.0, 0)]
-    assert all(r.percentiles == {} and r.mean is None for r in idle)
+# --- issue 13, defect 9: one old or far-off timestamp -----------------------------------------
+
+NOW = 1_764_680_000.0  # a current Unix time
+DAY = 86_400.0
+
+
+def stream_of_now(agg: WindowAggregator) -> None:
+    """A minute of current events, one a second."""
+    ts = NOW + np.arange(60.0)
+    agg.add_many(ts, np.ones(60))
+
+
+@pytest.mark.parametrize("old", [NOW - 208 * DAY, 0.0], ids=["208_days_old", "epoch_0"])
+def test_an_event_older_than_the_lateness_is_late_and_closes_no_gap(old: float) -> None:
+    """Issue 13, defect 9: a 208-day-old event made advance() return 300,000 windows (3.3 s);
+    a timestamp of 0 about 30 million. It is late: event time has passed its window."""
+    agg = WindowAggregator(spec_of(60.0, allowed_lateness_s=5.0))
+    stream_of_now(agg)
+    agg.add(old, 1.0)
+    agg.add_many([old, NOW + 50.0], [1.0, 2.0])
+    assert agg.late_events == 2
+    started = time.perf_counter()
+    closed = agg.advance(NOW + 2 * 60.0 + 5.0)
+    assert time.perf_counter() - started < 0.5
+    assert [(r.start, r.count) for r in closed] == [
+        (math.floor(NOW / 60) * 60, 60 - int(NOW % 60)),
+        (math.floor(NOW / 60) * 60 + 60, int(NOW % 60) + 1),
+    ]
+    assert sum(r.count for r in closed) == 61
+
+
+def test_a_gap_in_the_data_materialises_no_windows() -> None:
+    """Events far apart (each within the forward bound): only the windows holding them."""
+    agg = WindowAggregator(spec_of(60.0, 30.0, max_forward_jump_s=30 * DAY))
+    agg.add(NOW - 20 * DAY, 1.0)
+    agg.add_many([NOW, NOW + 1.0], [2.0, 3.0])
+    started = time.perf_counter()
+    closed = agg.advance(NOW + DAY)
+    assert time.perf_counter() - started < 0.5
+    assert [r.count for r in closed] == [1, 1, 2, 2]  # two sliding windows per event
+    assert agg.current(now=math.inf) == []
+    assert agg.buffered_events == 0
+
+
+def test_a_far_future_timestamp_is_refused_with_the_value_and_the_bound() -> None:
+    agg = WindowAggregator(spec_of(60.0, allowed_lateness_s=5.0))
+    stream_of_now(agg)
+    future = NOW * 1000  # milliseconds given as seconds
+    with pytest.raises(
+        WindowError, match=r"timestamp 1\.76468e\+12|timestamp 1764680000000"
+    ) as info:
+        agg.add(future, 1.0)
+    message = str(info.value)
+    assert "max_forward_jump_s (86400 s)" in message
+    assert agg.refused_events == 1
+    with pytest.raises(WindowError, match="max_forward_jump_s"):
+        agg.add_many([NOW + 61.0, NOW + 62.0 + 2 * DAY], [1.0, 1.0])
+    assert agg.refused_events == 3
+    assert agg.buffered_events == 60  # neither the event nor its batch went in
+    # Event time did not move: current events are still accepted, none counted late.
+    agg.add(NOW + 61.0, 1.0)
+    assert (agg.late_events, agg.buffered_events) == (0, 61)
+
+
+def test_forward_jump_error_is_typed_and_advance_lets_event_time_catch_up() -> None:
+    agg = WindowAggregator(spec_of(10.0, max_forward_jump_s=100.0))
+    agg.add(0.0, 1.0)  # the first event has nothing to be measured against
+    with pytest.raises(EventTimeJumpError) as info:
+        agg.add(NOW, 1.0)
+    assert (info.value.timestamp, info.value.event_time, info.value.bound) == (NOW, 0.0, 100.0)
+    agg.add(100.0, 1.0)  # exactly the bound is allowed
+    assert [r.start for r in agg.advance(NOW)] == [0.0, 100.0]
+    agg.add(NOW + 1.0, 1.0)  # the watermark moved event time: no longer a jump
+    assert agg.refused_events == 1
+
+
+def test_buffered_events_are_bounded() -> None:
+    agg = WindowAggregator(spec_of(10.0, max_buffered_events=5))
+    agg.add_many([1.0, 2.0, 3.0, 4.0], [1.0] * 4)
+    with pytest.raises(WindowBufferFullError, match=r"max_buffered_events \(5\) reached"):
+        agg.add_many([5.0, 6.0], [1.0, 1.0])
+    agg.add(5.0, 1.0)
+    with pytest.raises(WindowBufferFullError):
+        agg.add(6.0, 1.0)
+    assert (agg.buffered_events, agg.refused_events) == (5, 3)
+    assert [r.count for r in agg.advance(10.0)] == [5]  # closing frees room
+    agg.add_many([11.0, 12.0, 13.0, 14.0, 15.0], [1.0] * 5)
+    assert agg.buffered_events == 5
 
 
 # --- lateness, watermarks, exactly once -----------------------------------------------------
@@ -247,7 +334,7 @@ def test_advance_returns_each_window_once_in_order_and_ignores_older_watermarks(
 
 
 def test_current_does_not_close_windows() -> None:
-    spec = spec_of(10.0, 5.0)
+    spec = spec_of(10.0, 5.0, allowed_lateness_s=20.0)
     events = random_events(5, 300, 0.0, 20.0)
     agg = WindowAggregator(spec)
     agg.add_many([t for t, _ in events], [v for _, v in events])
@@ -291,12 +378,14 @@ def parse_lines(text: str) -> list[tuple[str, str, str]]:
 
 
 def test_histogram_and_prometheus_export() -> None:
-    spec = spec_of(10.0, histogram_buckets=(0.1, 1.0, 2.5), percentiles=(50.0, 99.9))
+    spec = spec_of(
+        10.0, histogram_buckets=(0.1, 1.0, 2.5), percentiles=(50.0, 99.9), allowed_lateness_s=20.0
+    )
     rng = np.random.default_rng(6)
     ts, vs = rng.uniform(0, 20, 500), rng.exponential(1.0, 500)
     agg = WindowAggregator(spec)
     agg.add_many(ts, vs)
-    results = agg.advance(20.0)
+    results = agg.advance(40.0)  # 20 + the lateness
     events = list(zip(ts.tolist(), vs.tolist(), strict=True))
     for r in results:
         assert_window(r, bf_window(events, r.start, r.end), spec)
@@ -339,9 +428,8 @@ def test_histogram_and_prometheus_export() -> None:
 def test_prometheus_export_of_an_empty_window() -> None:
     spec = spec_of(5.0, histogram_buckets=(1.0,), percentiles=(50.0,))
     agg = WindowAggregator(spec)
-    agg.add(1.0, 3.0)
-    results = agg.advance(10.0)
-    assert results[-1].count == 0
+    # The aggregator returns no empty windows; a caller may build one (say, for a quiet period).
+    results = [WindowResult(0.0, 5.0, 0, 0.0, None, None, None, {}, (0, 0))]
     samples = parse_lines(agg.to_prometheus("x", results))
     assert ("x_bucket", 'le="+Inf"', "0") in samples
     assert ("x_count", "", "0") in samples
@@ -394,6 +482,11 @@ def test_percentiles_do_not_reorder_their_input() -> None:
         ({"size_s": 10.0, "histogram_buckets": (1.0, 1.0)}, "histogram_buckets"),
         ({"size_s": 10.0, "histogram_buckets": (2.0, 1.0)}, "histogram_buckets"),
         ({"size_s": 10.0, "histogram_buckets": (1.0, math.inf)}, "histogram_buckets"),
+        ({"size_s": 10.0, "max_forward_jump_s": 0.0}, "max_forward_jump_s"),
+        ({"size_s": 10.0, "max_forward_jump_s": math.nan}, "max_forward_jump_s"),
+        ({"size_s": 10.0, "max_forward_jump_s": math.inf}, "max_forward_jump_s"),
+        ({"size_s": 10.0, "max_buffered_events": 0}, "max_buffered_events"),
+        ({"size_s": 10.0, "max_buffered_events": 2.5}, "max_buffered_events"),
     ],
 )
 def test_bad_specs_name_the_field(kwargs: dict[str, Any], field: str) -> None:
@@ -414,6 +507,12 @@ def test_non_finite_input_is_rejected_with_the_value() -> None:
         agg.add(1.0, math.nan)
     with pytest.raises(WindowError, match=r"timestamp must be finite, got inf"):
         agg.add(math.inf, 1.0)
+    with pytest.raises(WindowError, match=r"timestamp must be finite, got nan"):
+        agg.add(math.nan, 1.0)
+    with pytest.raises(WindowError, match=r"timestamps\[1\] must be finite, got nan"):
+        agg.add_many([1.0, math.nan], [1.0, 2.0])
+    with pytest.raises(WindowError, match=r"timestamps\[0\] must be finite, got -inf"):
+        agg.add_many([-math.inf], [1.0])
     with pytest.raises(WindowError, match=r"values\[2\] must be finite, got -inf"):
         agg.add_many([1.0, 2.0, 3.0], [1.0, 2.0, -math.inf])
     with pytest.raises(WindowError, match="equal length"):
@@ -422,6 +521,7 @@ def test_non_finite_input_is_rejected_with_the_value() -> None:
         agg.advance(math.nan)
     assert agg.buffered_events == 0  # the bad batch was not added in part
     assert agg.current() == []
+    assert (agg.late_events, agg.refused_events, agg.event_time) == (0, 0, -math.inf)
 
 
 # --- random streams -------------------------------------------------------------------------
@@ -434,68 +534,93 @@ batches = st.tuples(
 advances = st.tuples(st.just("advance"), st.integers(0, 50).map(float), st.booleans())
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     slide=st.integers(1, 4),
     panes=st.integers(1, 3),
     lateness=st.integers(0, 6).map(lambda k: k / 2),
-    emit_empty=st.booleans(),
+    jump=st.sampled_from([3.0, 1000.0]),
     ops=st.lists(st.one_of(batches, advances), max_size=25),
 )
 def test_random_streams_match_brute_force(
     slide: int,
     panes: int,
     lateness: float,
-    emit_empty: bool,
+    jump: float,
     ops: list[tuple[str, Any, bool]],
 ) -> None:
+    """Against a reference written event by event: an event more than `jump` ahead of event
+    time is refused (with its whole batch in add_many), one whose windows event time has
+    passed (end + lateness) is late, any other is accepted; only windows with events close."""
     size = float(slide * panes)
     spec = spec_of(
         size,
         None if panes == 1 else float(slide),
         allowed_lateness_s=lateness,
-        emit_empty=emit_empty,
+        max_forward_jump_s=jump,
     )
     agg = WindowAggregator(spec)
-    watermark = -math.inf
+    watermark = latest = -math.inf
     accepted: list[Event] = []
-    total = late = 0
+    late = refused = 0
     emitted: list[WindowResult] = []
+
+    def decide(t: float, now: float) -> str:
+        if now > -math.inf and t - now > jump:
+            return "refused"
+        if all(s + size + lateness > now for s in window_starts(t, size, slide)):
+            return "accepted"
+        return "late"
+
     for op, arg, flag in [*ops, ("advance", math.inf, False)]:
         if op == "events":
             batch: list[Event] = arg
             if flag:
-                agg.add_many([t for t, _ in batch], [v for _, v in batch])
+                now = max(watermark, latest)
+                verdicts = []
+                for t, _ in batch:
+                    verdicts.append(decide(t, now))
+                    now = max(now, t)
+                if "refused" in verdicts:
+                    with pytest.raises(EventTimeJumpError):
+                        agg.add_many([t for t, _ in batch], [v for _, v in batch])
+                    refused += len(batch)
+                else:
+                    agg.add_many([t for t, _ in batch], [v for _, v in batch])
+                    for (t, v), verdict in zip(batch, verdicts, strict=True):
+                        if verdict == "accepted":
+                            accepted.append((t, v))
+                            latest = max(latest, t)
+                        else:
+                            late += 1
             else:
                 for t, v in batch:
+                    verdict = decide(t, max(watermark, latest))
+                    if verdict == "refused":
+                        with pytest.raises(EventTimeJumpError):
+                            agg.add(t, v)
+                        refused += 1
+                        continue
                     agg.add(t, v)
-            for t, v in batch:
-                total += 1
-                # Accepted while every window containing it is open.
-                if all(s + size + lateness > watermark for s in window_starts(t, size, slide)):
-                    accepted.append((t, v))
-                else:
-                    late += 1
+                    if verdict == "accepted":
+                        accepted.append((t, v))
+                        latest = max(latest, t)
+                    else:
+                        late += 1
         else:
             closed = agg.advance(arg)
             for r in closed:  # closed now, and not closable at the previous watermark
                 assert watermark < r.end + lateness <= arg
             watermark = max(watermark, arg)
             emitted += closed
-        assert agg.late_events == late
+        assert (agg.late_events, agg.refused_events) == (late, refused)
 
     starts = [r.start for r in emitted]
     assert starts == sorted(set(starts))  # in order, each once
     for r in emitted:
         assert r.end == r.start + size
         assert_window(r, bf_window(accepted, r.start, r.end), spec)
-    holding = sorted({s for t, _ in accepted for s in window_starts(t, size, slide)})
-    if emit_empty and holding:
-        # An unbroken series from the first window holding an event.
-        assert starts[0] == holding[0]
-        assert starts == [starts[0] + k * slide for k in range(len(starts))]
-        assert set(holding) <= set(starts)
-    else:
-        assert starts == holding
-    assert sum(r.count for r in emitted) == panes * (total - late)
+    # Exactly the windows holding an accepted event, no empty ones.
+    assert starts == sorted({s for t, _ in accepted for s in window_starts(t, size, slide)})
+    assert sum(r.count for r in emitted) == panes * len(accepted)
     assert agg.buffered_events == 0
