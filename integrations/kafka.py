@@ -56,6 +56,7 @@ __all__ = [
     "KafkaError",
     "KafkaMetrics",
     "Producer",
+    "ProducerQueueFullError",
     "Record",
     "TransactionalPipeline",
     "dead_letter_headers",
@@ -128,6 +129,35 @@ class KafkaError(Exception):
                 txn_requires_abort=err.txn_requires_abort(),
             )
         return cls(f"{context}: {err}")
+
+
+class ProducerQueueFullError(KafkaError):
+    """``send_nowait`` (or part of a ``send_batch``) found librdkafka's queue and the
+    producer's own overflow full: the message was not queued. ``await send()`` waits for room
+    instead; so does ``flush()`` before sending more."""
+
+
+def _timed_out(name: str, topic: str, timeout_ms: int) -> KafkaError:
+    # The same code librdkafka gives a message that outlived delivery.timeout.ms, so that a
+    # caller handles both alike.
+    return KafkaError(
+        f"{name}: delivery to {topic} failed: message timed out after {timeout_ms} ms "
+        "waiting for room in the local queue (_MSG_TIMED_OUT)",
+        code="_MSG_TIMED_OUT",
+        retriable=True,
+    )
+
+
+# librdkafka settings that hold credentials: never shown by ``config``, a repr or a message.
+_SECRET_MARKERS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl_key")
+REDACTED = "**redacted**"
+
+
+def _redacted(conf: Mapping[str, object]) -> dict[str, object]:
+    return {
+        key: REDACTED if any(marker in key.lower() for marker in _SECRET_MARKERS) else value
+        for key, value in conf.items()
+    }
 
 
 class HandlerError(KafkaError):
@@ -359,6 +389,7 @@ class PendingDelivery(NamedTuple):
     report: _Report  # its delivery callback once produced
     abandoned: Callable[[], bool]  # the sender gave up on it: drop it unsent
     fail: Callable[[KafkaError], None]  # it can never be sent
+    expires: float  # monotonic time after which it fails as timed out
 
 
 class DeliveryBatch:
@@ -441,7 +472,20 @@ class Producer:
     ``batch_size`` is librdkafka's ``batch.size``: the most bytes sent to one partition in one
     request (``batch.num.messages``, 10,000 by default, caps the count; set it via ``extra``).
     ``delivery_timeout_ms`` bounds how long a message may take to be acknowledged, retries
-    included. With ``transactional_id`` the producer is transactional: ``start()`` registers it
+    included; a message waiting for room in librdkafka's queue (below) fails with the same
+    ``_MSG_TIMED_OUT`` error once it has waited that long, so a send fails at most about
+    twice ``delivery_timeout_ms`` after it was made, however many wait.
+
+    What librdkafka's queue (``queue.buffering.max.messages``/``.kbytes``, via ``extra``) has
+    no room for waits, in order, in an overflow bounded by ``max_overflow_messages`` and
+    ``max_overflow_bytes``: when it is full, ``send()`` waits for room (up to
+    ``delivery_timeout_ms``), ``send_nowait`` raises ProducerQueueFullError, and
+    ``send_batch`` fails the messages that do not fit (named in its BatchDeliveryError).
+
+    ``config`` and every message and log line show credentials (``sasl.password``,
+    ``ssl.key.password``, ``sasl.oauthbearer.client.secret``, ...) as ``**redacted**``.
+
+    With ``transactional_id`` the producer is transactional: ``start()`` registers it
     (fencing older instances with the same id) and messages may only be sent inside
     ``begin_transaction()`` / ``commit_transaction()``.
     """
@@ -455,10 +499,23 @@ class Producer:
         compression: Compression = "lz4",
         transactional_id: str | None = None,
         delivery_timeout_ms: int = 30_000,
+        max_overflow_messages: int = 10_000,
+        max_overflow_bytes: int = 64 * 1024 * 1024,
         extra: Mapping[str, object] | None = None,
         name: str = "kafka",
         registry: CollectorRegistry | None = None,
     ) -> None:
+        if delivery_timeout_ms < 1:
+            raise ValueError(f"delivery_timeout_ms must be at least 1, got {delivery_timeout_ms}")
+        if max_overflow_messages < 0:
+            raise ValueError(
+                f"max_overflow_messages must be 0 or more (0: no overflow), "
+                f"got {max_overflow_messages}"
+            )
+        if max_overflow_bytes < 0:
+            raise ValueError(
+                f"max_overflow_bytes must be 0 or more (0: no overflow), got {max_overflow_bytes}"
+            )
         conf = _check_extra(extra, _PRODUCER_FIXED)
         conf.update(
             {
@@ -490,8 +547,15 @@ class Producer:
         # the loop; deque append/popleft are thread-safe.
         self._reports: deque[tuple[_Report, ck.KafkaError | None, ck.Message]] = deque()
         self._wake_scheduled = False
-        # Messages librdkafka's queue had no room for, in send order, produced as room frees up.
+        # Messages librdkafka's queue had no room for, in send order, produced as room frees up;
+        # bounded in count and bytes, each held at most delivery_timeout_ms.
         self._overflow: deque[PendingDelivery] = deque()
+        self._overflow_bytes = 0
+        self._max_overflow = max_overflow_messages
+        self._max_overflow_bytes = max_overflow_bytes
+        self._delivery_timeout_ms = delivery_timeout_ms
+        self._room = asyncio.Event()  # set while the overflow has room
+        self._room.set()
         # Acknowledged messages and bytes per topic, and failures, not yet added to the metrics
         # (added once per poll rather than per message: a labelled increment costs a lock).
         self._acked: dict[str, list[int]] = {}
@@ -499,8 +563,11 @@ class Producer:
 
     @property
     def config(self) -> dict[str, object]:
-        """The configuration handed to librdkafka (without callbacks)."""
-        return dict(self._conf)
+        """The configuration handed to librdkafka (without callbacks), credentials redacted."""
+        return _redacted(self._conf)
+
+    def __repr__(self) -> str:
+        return f"<Producer {self._name} bootstrap.servers={self._conf['bootstrap.servers']!r}>"
 
     @property
     def transactional_id(self) -> str | None:
@@ -594,22 +661,28 @@ class Producer:
         acknowledged it, or failed with KafkaError.
 
         Never blocks: when librdkafka's queue is full the message waits here, in order, until
-        there is room. Keep the futures (or ``flush()``) to learn about failures.
+        there is room (at most ``delivery_timeout_ms``); when that overflow is full too it
+        raises ProducerQueueFullError. Keep the futures (or ``flush()``) to learn about
+        failures.
         """
         client = self._client
         if client is None or self._loop is None:
             raise KafkaError(f"{self._name}: producer is not started")
-        fut: asyncio.Future[Delivery] = _Future(loop=self._loop)
-        report = partial(self._report, fut)
         if self._overflow:
+            self._check_room(topic, value)
+            fut: asyncio.Future[Delivery] = _Future(loop=self._loop)
+            report = partial(self._report, fut)
             self._hold(topic, value, key, headers, report, fut.done, partial(_fail, fut))
             return fut
+        fut = _Future(loop=self._loop)
+        report = partial(self._report, fut)
         try:
             if headers:
                 client.produce(topic, value, key, on_delivery=report, headers=list(headers))
             else:  # positionally (partition, callback): no keyword dict on the hot path
                 client.produce(topic, value, key, -1, report)
         except BufferError:
+            self._check_room(topic, value)
             self._hold(topic, value, key, headers, report, fut.done, partial(_fail, fut))
             self._pump_wakeup.set()
             return fut
@@ -664,10 +737,15 @@ class Producer:
             # No report can complete the batch before this: its last message was produced
             # after the last poll above.
             self._sent(client, index - batch.unsent)
-        # What librdkafka had no room for waits, in order, for the pump to produce it.
+        # What librdkafka had no room for waits, in order, for the pump to produce it; what the
+        # overflow has no room for either fails at once (the caller may send it again).
         abandoned, unsent = batch.future.done, batch.fail_unsent
         for value, key in zip(values[index:], keyed[index:], strict=True):
-            self._hold(topic, value, key, (), report, abandoned, partial(unsent, key, value))
+            if self._has_room(len(value)):
+                self._hold(topic, value, key, (), report, abandoned, partial(unsent, key, value))
+            else:
+                self.metrics.errors.labels(topic, "produce").inc()
+                unsent(key, value, self._queue_full(topic))
         if index < len(values):
             self._pump_wakeup.set()
         return batch.future
@@ -683,7 +761,39 @@ class Producer:
         fail: Callable[[KafkaError], None],
     ) -> None:
         """Keep a message librdkafka's queue has no room for, in order, until it has."""
-        self._overflow.append(PendingDelivery(topic, value, key, headers, report, abandoned, fail))
+        expires = time.monotonic() + self._delivery_timeout_ms / 1000
+        self._overflow.append(
+            PendingDelivery(topic, value, key, headers, report, abandoned, fail, expires)
+        )
+        self._overflow_bytes += len(value)
+        if not self._has_room(0):
+            self._room.clear()
+
+    def _has_room(self, size: int) -> bool:
+        return (
+            len(self._overflow) < self._max_overflow
+            and self._overflow_bytes + size <= self._max_overflow_bytes
+        )
+
+    def _queue_full(self, topic: str) -> ProducerQueueFullError:
+        return ProducerQueueFullError(
+            f"{self._name}: cannot queue a message to {topic}: librdkafka's queue and the "
+            f"overflow (max_overflow_messages={self._max_overflow}, max_overflow_bytes="
+            f"{self._max_overflow_bytes}) are full; await send() or flush() to wait for room",
+            code="_QUEUE_FULL",
+            retriable=True,
+        )
+
+    def _check_room(self, topic: str, value: bytes) -> None:
+        if not self._has_room(len(value)):
+            self.metrics.errors.labels(topic, "produce").inc()
+            raise self._queue_full(topic)
+
+    def _released(self, pending: PendingDelivery) -> None:
+        """Book a message that left the overflow."""
+        self._overflow_bytes -= len(pending.value)
+        if not self._room.is_set() and self._has_room(0):
+            self._room.set()
 
     def _sent(self, client: ck.Producer, count: int) -> None:
         """Count ``count`` messages handed to librdkafka."""
@@ -705,8 +815,32 @@ class Producer:
         key: bytes | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> Delivery:
-        """Send a message and wait until the broker acknowledged it (or raise KafkaError)."""
-        return await self.send_nowait(topic, value, key=key, headers=headers)
+        """Send a message and wait until the broker acknowledged it (or raise KafkaError).
+        When the local queue and the overflow are full, wait for room first (up to
+        ``delivery_timeout_ms``, then fail with ``_MSG_TIMED_OUT``)."""
+        fut = await self._enqueue(topic, value, key=key, headers=headers)
+        return await fut
+
+    async def _enqueue(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> asyncio.Future[Delivery]:
+        """``send_nowait``, waiting for room in the overflow (up to the delivery timeout)."""
+        deadline = time.monotonic() + self._delivery_timeout_ms / 1000
+        while True:
+            try:
+                return self.send_nowait(topic, value, key=key, headers=headers)
+            except ProducerQueueFullError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _timed_out(self._name, topic, self._delivery_timeout_ms) from None
+                self._room.clear()  # a larger message than the room freed so far: wait again
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), remaining)
 
     async def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until every message sent so far is acknowledged or failed (each future says
@@ -860,11 +994,20 @@ class Producer:
     def _drain_overflow(self) -> None:
         client = self._client
         overflow = self._overflow
+        now = time.monotonic() if overflow else 0.0
         while overflow and client is not None:
             pending = overflow[0]
             if pending.abandoned():  # the caller gave up on it (cancelled): do not send it
                 overflow.popleft()
+                self._released(pending)
                 pending.fail(KafkaError(f"{self._name}: cancelled before it was sent"))
+                continue
+            if pending.expires <= now:
+                # Held in send order, so every expired message is at the head.
+                overflow.popleft()
+                self._released(pending)
+                self._failed[pending.topic] = self._failed.get(pending.topic, 0) + 1
+                pending.fail(_timed_out(self._name, pending.topic, self._delivery_timeout_ms))
                 continue
             try:
                 client.produce(
@@ -883,10 +1026,13 @@ class Producer:
             else:
                 self._inflight += 1
             overflow.popleft()
+            self._released(pending)
 
     def _fail_overflow(self, why: str) -> None:
         while self._overflow:
-            self._overflow.popleft().fail(KafkaError(f"{self._name}: {why}"))
+            pending = self._overflow.popleft()
+            self._released(pending)
+            pending.fail(KafkaError(f"{self._name}: {why}"))
 
     def _on_client_error(self, err: ck.KafkaError) -> None:
         self.metrics.errors.labels("", "client").inc()
@@ -1430,8 +1576,9 @@ class TransactionalPipeline:
                     metrics.errors.labels(record.topic, "handler").inc()
                     if consumer.dead_letter_topic is None:
                         raise HandlerError(record, exc) from exc
+                    # Waits for room in a full local queue rather than failing the batch.
                     futures.append(
-                        producer.send_nowait(
+                        await producer._enqueue(
                             consumer.dead_letter_topic,
                             record.value,
                             key=record.key,
@@ -1441,7 +1588,7 @@ class TransactionalPipeline:
                     dead_lettered.append(record.topic)
                 else:
                     for topic, key, value in outputs:
-                        futures.append(producer.send_nowait(topic, value, key=key))
+                        futures.append(await producer._enqueue(topic, value, key=key))
                 offsets[(record.topic, record.partition)] = record.offset + 1
             await producer._send_offsets_to_transaction(
                 [ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()],
