@@ -156,7 +156,7 @@ def redact_url(url: str | yarl.URL) -> str:
     try:
         parsed = url if isinstance(url, yarl.URL) else yarl.URL(url)
         if parsed.raw_user is not None or parsed.raw_password is not None:
-            parsed = parsed.with_user(_REDACTED)
+            parsed = parsed.with_user(_REDACTED).with_password(None)
         if any(_sensitive_key(key) for key in parsed.query):
             parsed = parsed.with_query(
                 [(k, _REDACTED if _sensitive_key(k) else v) for k, v in parsed.query.items()]

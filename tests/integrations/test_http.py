@@ -6,19 +6,24 @@ import asyncio
 import bisect
 import contextlib
 import email.utils
+import logging
 import socket
 import time
+import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import BasicAuth, web
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from integrations.http import (
     HttpClient,
     HttpError,
+    HttpResponse,
+    PoolTimeoutError,
     RateLimitedError,
     UpstreamConnectionError,
     UpstreamStatusError,
@@ -33,7 +38,10 @@ class Upstream:
     ``/ok``, ``/echo`` 200 with the hit count; ``/flaky/N`` 500 until the N-th hit, then 200;
     ``/status/C`` status C; ``/toggle`` 500 until ``healthy``; ``/slow`` hangs until the test
     ends; ``/retry-after/V`` 429 with ``Retry-After: V`` on the first hit, then 200 (V ``date``
-    gives an HTTP date an hour ahead); ``/hold`` 200 after 50 ms, tracking concurrency.
+    gives an HTTP date an hour ahead); ``/hold`` 200 after 50 ms, tracking concurrency;
+    ``/gate`` waits for ``gate`` (set at first), then answers like ``/toggle``; ``/leak`` 500
+    and ``/leak-text`` 200 (not JSON) echo the request's URL and Authorization header, as a
+    careless upstream's error page might.
     """
 
     def __init__(self) -> None:
@@ -43,6 +51,9 @@ class Upstream:
         self.max_in_flight = 0
         self.healthy = False
         self.release = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.arrived = asyncio.Event()  # set by every request's arrival
         self.url = ""
         self.host = ""
         self.port = 0
@@ -52,6 +63,7 @@ class Upstream:
     async def handle(self, request: web.Request) -> web.Response:
         self.hits[request.path] += 1
         self.arrivals.append(time.monotonic())
+        self.arrived.set()
         count = self.hits[request.path]
         route, _, arg = request.path.strip("/").partition("/")
         if route in ("ok", "echo"):
@@ -64,6 +76,14 @@ class Upstream:
             return web.Response(status=int(arg), text="nope")
         if route == "toggle":
             return web.json_response({"ok": True}, status=200 if self.healthy else 500)
+        if route == "gate":
+            await self.gate.wait()
+            return web.json_response({"ok": True}, status=200 if self.healthy else 500)
+        if route in ("leak", "leak-text"):
+            auth = request.headers.get("Authorization")
+            login = BasicAuth.decode(auth) if auth else None
+            echo = f"{request.url} {login.login}:{login.password}" if login else str(request.url)
+            return web.Response(status=500 if route == "leak" else 200, text=echo)
         if route == "slow":
             await self.release.wait()
             return web.json_response({"late": True})
@@ -455,3 +475,339 @@ async def test_a_client_that_is_not_open_says_so(upstream: Upstream) -> None:
     with pytest.raises(HttpError, match="not open"):
         await client.get_json("/ok")
     assert upstream.hits["/ok"] == 0
+
+
+# --- Faults and defects of issue 13 ------------------------------------------------------------
+
+PASSWORD = "Sup3rSecretPw"
+QUERY_SECRETS = ("QueryK3yValue", "QueryT0kenValue", "ParamS3cretValue")
+SECRETS = (PASSWORD, *QUERY_SECRETS)
+SECRET_QUERY = f"?api_key={QUERY_SECRETS[0]}&Access_Token={QUERY_SECRETS[1]}&page=2"
+SECRET_PARAMS = {"client_secret": QUERY_SECRETS[2]}
+
+
+def with_credentials(url: str) -> str:
+    return url.replace("http://", f"http://svc-user:{PASSWORD}@", 1)
+
+
+def everything_said_about(error: BaseException) -> str:
+    """What a log line or a caller could see of ``error``: str and repr of it and of every
+    exception chained to it (suppressed contexts included), the formatted traceback, and its
+    attributes (``url``, ``response``)."""
+    seen: list[str] = ["".join(traceback.format_exception(error))]
+    todo: list[BaseException | None] = [error]
+    visited: set[int] = set()
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in visited:
+            continue
+        visited.add(id(exc))
+        # `body` is what the upstream said, kept for the caller to read; it is in no message.
+        attributes = [repr(v) for k, v in vars(exc).items() if k != "body"]
+        seen += [str(exc), repr(exc), *attributes]
+        todo += [exc.__cause__, exc.__context__]
+    return "\n".join(seen)
+
+
+def assert_no_secret(text: str) -> None:
+    leaked = [secret for secret in SECRETS if secret in text]
+    assert not leaked, f"{leaked} leaked in: {text}"
+
+
+class DroppingServer:
+    """A raw HTTP/1.1 server that drops the connection of the first ``drops`` requests: after
+    the status line, the headers and half the body (``mode="mid-body"``), or before a byte of
+    the response (``mode="before-status"``). Later requests are answered in full."""
+
+    def __init__(self, drops: int, mode: str = "mid-body") -> None:
+        self.drops = drops
+        self.mode = mode
+        self.hits = 0
+        self.idempotency_keys: list[str | None] = []
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> DroppingServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:])
+            }
+            await reader.readexactly(int(headers.get("content-length", "0")))
+            self.hits += 1
+            self.idempotency_keys.append(headers.get("idempotency-key"))
+            body = b'{"ok": true, "padding": "' + b"x" * 200 + b'"}'
+            status = (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            )
+            if self.hits > self.drops:
+                writer.write(status + body)
+            elif self.mode == "mid-body":
+                writer.write(status + body[: len(body) // 2])
+            await writer.drain()
+        finally:
+            writer.close()  # with a body still owed, or none at all: the connection drops
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A listening port whose accept queue is full, so that connecting to it hangs (as to a
+    host that drops SYNs) until the client's connect timeout."""
+    with socket.socket() as listener, contextlib.ExitStack() as stack:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        for _ in range(3):
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+        yield port
+
+
+async def test_credentials_in_the_url_never_reach_errors_reprs_or_logs(
+    upstream: Upstream, dead_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    said: list[str] = []
+
+    async def failing(client: HttpClient, method: str, path: str) -> HttpError:
+        try:
+            async with asyncio.timeout(5):
+                if method == "GET_JSON":
+                    await client.get_json(path, params=SECRET_PARAMS)
+                else:
+                    await client.request(method, path, params=SECRET_PARAMS)
+        except HttpError as exc:
+            said.append(everything_said_about(exc))
+            return exc
+        raise AssertionError(f"{method} {path} did not fail")
+
+    # A 5xx whose body echoes the credentials; then the breaker it opens.
+    base = with_credentials(upstream.url)
+    client = client_for(base, retry_attempts=2, breaker_window=2, breaker_minimum_calls=2)
+    async with client:
+        said.append(repr(client))
+        status_error = await failing(client, "GET", "/leak" + SECRET_QUERY)
+        assert isinstance(status_error, UpstreamStatusError)
+        assert PASSWORD.encode() in status_error.body  # the echo really carried it
+        assert status_error.status == 500
+        assert "/leak" in str(status_error)
+        assert isinstance(await failing(client, "GET", "/leak"), UpstreamUnavailableError)
+        said.append(repr(status_error.response))
+    async with client_for(base) as client:
+        said.append(repr(await client.request("GET", "/leak", raise_for_status=False)))
+    # A 200 that is not JSON, and echoes the credentials.
+    async with client_for(base) as client:
+        await failing(client, "GET_JSON", "/leak-text" + SECRET_QUERY)
+    # A timeout, for a POST (not retried) and a GET (retried).
+    async with client_for(base, timeout_s=0.2, retry_attempts=2) as client:
+        assert isinstance(await failing(client, "POST", "/slow" + SECRET_QUERY), HttpError)
+        assert isinstance(await failing(client, "GET", "/slow" + SECRET_QUERY), HttpError)
+    # Connection refused.
+    refused = with_credentials(f"http://127.0.0.1:{dead_port}")
+    async with client_for(refused, retry_attempts=2) as client:
+        error = await failing(client, "GET", "/x" + SECRET_QUERY)
+        assert isinstance(error, UpstreamConnectionError)
+        assert f"127.0.0.1:{dead_port}" in str(error)  # still says where it failed
+    # A connect timeout: aiohttp's own message holds the whole URL.
+    with unanswered_port() as port:
+        url = with_credentials(f"http://127.0.0.1:{port}")
+        async with client_for(url, connect_timeout_s=0.2, retry_attempts=1) as client:
+            assert isinstance(await failing(client, "GET", "/x" + SECRET_QUERY), HttpError)
+    # A connection dropped mid-response.
+    async with (
+        DroppingServer(drops=5) as dropping,
+        client_for(with_credentials(dropping.url), retry_attempts=1) as client,
+    ):
+        await failing(client, "GET", "/x" + SECRET_QUERY)
+    # Absolute URLs with credentials, and a client that is not open.
+    client = client_for(base)
+    await failing(client, "GET", with_credentials(upstream.url) + "/ok" + SECRET_QUERY)
+    with pytest.raises(ValueError, match="base_url") as bad:
+        HttpClient(f"ftp://svc-user:{PASSWORD}@host/{SECRET_QUERY}")
+    said.append(everything_said_about(bad.value))
+
+    assert len(said) >= 12
+    assert_no_secret("\n".join(said))
+    assert_no_secret(caplog.text)
+
+
+async def test_a_secret_base_url_is_used_but_never_shown(upstream: Upstream) -> None:
+    client = HttpClient(SecretStr(with_credentials(upstream.url)))
+    assert PASSWORD not in repr(client)
+    assert "***@127.0.0.1" in repr(client)
+    async with client:
+        with pytest.raises(UpstreamStatusError) as caught:
+            await client.get_json("/leak")
+    assert f"svc-user:{PASSWORD}".encode() in caught.value.body  # sent as basic auth
+    assert_no_secret(everything_said_about(caught.value))
+
+
+async def test_error_bodies_are_shown_only_when_asked_for(upstream: Upstream) -> None:
+    async with client_for(upstream.url, retry_attempts=1) as client:
+        with pytest.raises(UpstreamStatusError) as hidden:
+            await client.get_json("/status/500")
+    assert "nope" not in str(hidden.value)
+    assert "4 byte body not shown" in str(hidden.value)
+    assert hidden.value.body == b"nope"
+    async with client_for(upstream.url, retry_attempts=1, error_body_bytes=3) as client:
+        with pytest.raises(UpstreamStatusError) as shown:
+            await client.get_json("/status/500")
+    assert str(shown.value).endswith(": b'nop'")
+    assert repr(HttpResponse(200, {"Set-Cookie": "s=1"}, b"abc")) == (
+        "HttpResponse(status=200, body=<3 bytes>)"
+    )
+
+
+@pytest.mark.parametrize("limit", ["pool_limit", "pool_limit_per_host"])
+async def test_waiting_for_a_pool_slot_is_not_an_upstream_failure(
+    upstream: Upstream, limit: str
+) -> None:
+    # A breaker that would open on one failure. Two calls hold the pool's two slots at the
+    # upstream; three more wait for a slot longer than pool_timeout_s.
+    client = client_for(
+        upstream.url,
+        **{limit: 2},
+        pool_timeout_s=0.1,
+        breaker_window=1,
+        breaker_minimum_calls=1,
+        breaker_failure_rate=1.0,
+    )
+    async with client:
+        upstream.gate.clear()
+        holders = [asyncio.create_task(client.get_json(f"/gate?n={i}")) for i in range(2)]
+        while upstream.hits["/gate"] < 2:
+            upstream.arrived.clear()
+            await upstream.arrived.wait()
+        started = time.monotonic()
+        waiters = await asyncio.gather(
+            *(client.get_json("/gate") for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(w, PoolTimeoutError) for w in waiters), waiters
+        assert 0.1 <= time.monotonic() - started < 1.0
+        assert "pool_timeout_s=0.1" in str(waiters[0])
+        assert upstream.hits["/gate"] == 2  # nothing of theirs was sent
+        assert client.breaker_state(upstream.host) == "closed"
+        assert sample(client, "pool_timeouts_total") == 3
+        assert sample(client, "retries_total", host=upstream.host, method="GET") == 0
+        upstream.healthy = True
+        upstream.gate.set()
+        assert await asyncio.gather(*holders) == [{"ok": True}] * 2
+        assert await client.get_json("/gate") == {"ok": True}
+    assert upstream.hits["/gate"] == 3
+
+
+async def test_a_small_pool_under_a_burst_serves_everything_and_keeps_the_breaker_closed(
+    upstream: Upstream,
+) -> None:
+    # Ten calls through two slots to an upstream that takes 50 ms: the last wait ~200 ms for a
+    # slot, longer than timeout_s. The wait is not the upstream's time, so all are served.
+    client = client_for(
+        upstream.url,
+        pool_limit=2,
+        timeout_s=0.15,
+        retry_attempts=1,
+        breaker_window=2,
+        breaker_minimum_calls=1,
+    )
+    async with client:
+        results = await asyncio.gather(
+            *(client.get_json("/hold") for _ in range(10)), return_exceptions=True
+        )
+        assert results == [{"held": True}] * 10
+        assert client.breaker_state(upstream.host) == "closed"
+        assert (
+            sample(client, "requests_total", host=upstream.host, method="GET", status="error") == 0
+        )
+    assert upstream.hits["/hold"] == 10
+    assert upstream.max_in_flight == 2
+
+
+@pytest.mark.parametrize("mode", ["mid-body", "before-status"])
+async def test_a_dropped_connection_is_retried_for_idempotent_requests_only(mode: str) -> None:
+    async with (
+        DroppingServer(drops=1, mode=mode) as server,
+        client_for(server.url, retry_attempts=3) as client,
+    ):
+        assert (await client.get_json("/get"))["ok"] is True
+        assert server.hits == 2
+        # Before any response byte, aiohttp itself resends an idempotent request once (RFC
+        # 9112 9.3.1), so the kit sees no failure; mid-body, the kit's retry does it.
+        retries = sample(client, "retries_total", host=server.url[7:], method="GET")
+        assert retries == (1 if mode == "mid-body" else 0)
+
+    # A POST may have been applied before the drop: not sent again.
+    async with (
+        DroppingServer(drops=1, mode=mode) as server,
+        client_for(server.url, retry_attempts=3) as client,
+    ):
+        with pytest.raises(UpstreamConnectionError) as caught:
+            await client.post_json("/post", {"n": 1})
+        assert server.hits == 1
+    assert "failed after 1 attempt(s)" in str(caught.value)
+
+    # With an idempotency key the upstream applies it once, so it is sent again, same key.
+    async with DroppingServer(drops=2, mode=mode) as server:
+        async with client_for(server.url, retry_attempts=3) as client:
+            answer = await client.post_json("/post", {"n": 1}, idempotency_key="order-42")
+            assert answer["ok"] is True
+        assert server.hits == 3
+        assert server.idempotency_keys == ["order-42"] * 3
+
+
+async def test_a_failing_half_open_probe_reopens_the_breaker_and_a_later_one_closes_it(
+    upstream: Upstream,
+) -> None:
+    client = client_for(
+        upstream.url,
+        retry_attempts=1,
+        breaker_window=2,
+        breaker_minimum_calls=2,
+        breaker_failure_rate=0.5,
+        breaker_reset_timeout_s=0.3,
+    )
+    async with client:
+        for _ in range(2):
+            with pytest.raises(UpstreamStatusError):
+                await client.get_json("/gate")
+        assert client.breaker_state(upstream.host) == "open"
+
+        await asyncio.sleep(0.35)  # the reset timeout is the behaviour under test
+        assert client.breaker_state(upstream.host) == "half_open"
+        upstream.gate.clear()
+        upstream.arrived.clear()
+        probe = asyncio.create_task(client.get_json("/gate"))
+        await upstream.arrived.wait()
+        for _ in range(3):  # while the probe is in flight, the others are refused unsent
+            with pytest.raises(UpstreamUnavailableError, match="probe"):
+                await client.get_json("/gate")
+        assert upstream.hits["/gate"] == 3
+
+        upstream.gate.set()  # the upstream still fails: the probe reopens the breaker
+        with pytest.raises(UpstreamStatusError):
+            await probe
+        assert client.breaker_state(upstream.host) == "open"
+        with pytest.raises(UpstreamUnavailableError) as refused:
+            await client.get_json("/gate")
+        assert refused.value.retry_after > 0.2  # a fresh reset timeout
+        assert upstream.hits["/gate"] == 3
+
+        upstream.healthy = True
+        await asyncio.sleep(0.35)
+        assert await client.get_json("/gate") == {"ok": True}  # the probe closes it
+        assert client.breaker_state(upstream.host) == "closed"
+        assert await client.get_json("/gate") == {"ok": True}
+    assert upstream.hits["/gate"] == 5
