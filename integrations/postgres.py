@@ -3,8 +3,17 @@
 A ``Database`` owns one asyncpg pool. Every call takes a connection within
 ``acquire_timeout_s`` (else ``PoolExhaustedError``, which says what to change), runs, and is
 retried whole, with exponential backoff and full jitter, when it failed for a transient reason
-(connection lost, serialization failure, deadlock, server restarting: see ``is_transient``);
-any other error is raised at once. A transaction is rolled back on any error.
+(server unreachable, connection lost, server shutting down or starting up, too many connections,
+serialization failure, deadlock: see ``is_transient``); any other error is raised at once. A
+transaction is rolled back on any error. What a failure means decides, not the transport's
+exception: a server restarting is ``FileNotFoundError`` over a Unix socket (its socket file is
+gone) and ``ConnectionRefusedError`` over TCP, and both are ``DatabaseUnavailableError`` here.
+
+The DSN carries the password: it may be given as a ``SecretStr`` (anything with
+``get_secret_value()``), is kept private, shows redacted in ``repr`` (``redact_dsn``), and an
+error raised while connecting whose text would contain the password is replaced by one that
+does not. A DSN whose user or password holds an unencoded ``@ / ? #`` is refused up front (the
+URL would be split inside the password, which then ends up in the server's errors).
 
 Values only ever travel as parameters (``$1``, ``$2``, ...), never inside the SQL text. asyncpg
 prepares each parameterised statement once per connection and keeps it in its statement cache
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import re
 import time
@@ -37,8 +47,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self, TypeVar, cast
-from urllib.parse import parse_qs, urlsplit
+from typing import Literal, Protocol, Self, TypeVar, cast
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -73,6 +83,24 @@ _TRANSIENT_SQLSTATES = frozenset(
     }
 )
 _CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+# OS errors, raised while talking to the server, that say the network path or the server went
+# away (the ConnectionError subclasses are counted too): another attempt may find it back.
+_UNREACHABLE_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.EHOSTUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.ENETRESET,
+    }
+)
+# DSN query parameters whose values are secrets (libpq's names, which asyncpg reads too).
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+_REDACTED = "***"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -95,6 +123,20 @@ class PoolExhaustedError(DatabaseError):
         self.name = name
         self.timeout_s = timeout_s
         self.max_size = max_size
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """No connection could be made: the server is down or restarting, or cannot be reached
+    (refused, socket file gone, no route, name not resolved). Transient, so the call is
+    retried. Its cause is what the connection attempt raised."""
+
+    def __init__(self, name: str, query: str, cause: BaseException) -> None:
+        super().__init__(
+            f"database {name!r}: cannot reach the server for {query!r} "
+            f"({type(cause).__name__}: {cause})"
+        )
+        self.name = name
+        self.query = query
 
 
 class ConnectionLostError(DatabaseError):
@@ -126,17 +168,98 @@ class MigrationError(DatabaseError):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether running the same work again may succeed: a lost or refused connection, a
-    serialization failure or deadlock, a server shutting down or starting up. Not errors in
-    the statement or the data (syntax, constraints), timeouts (retrying slow work piles up
-    load), or this kit's other errors."""
+    """Whether running the same work again may succeed, by what the failure means: the server
+    cannot be reached (``DatabaseUnavailableError``, whatever the transport raised), the
+    connection was lost, the server is shutting down or starting up, too many connections, a
+    serialization failure or deadlock. Not errors in the statement or the data (syntax,
+    constraints), timeouts (retrying slow work piles up load), or this kit's other errors."""
     if isinstance(exc, DatabaseError):
-        return isinstance(exc, ConnectionLostError)
+        return isinstance(exc, ConnectionLostError | DatabaseUnavailableError)
     if isinstance(exc, asyncpg.PostgresError):
         # Class 08 includes asyncpg's own ConnectionDoesNotExistError (08003).
         return exc.sqlstate in _TRANSIENT_SQLSTATES or exc.sqlstate.startswith("08")
-    # Refused, reset, aborted connections and broken pipes while connecting or talking.
-    return isinstance(exc, ConnectionError)
+    if isinstance(exc, TimeoutError):
+        return False
+    # Refused, reset, aborted connections, broken pipes, unreachable hosts while talking.
+    return isinstance(exc, ConnectionError) or (
+        isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS
+    )
+
+
+class SecretLike(Protocol):
+    """What holds the DSN without showing it: pydantic's ``SecretStr``, for one."""
+
+    def get_secret_value(self) -> str: ...
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with the password of its user info and the values of its ``password`` and
+    ``sslpassword`` parameters replaced by ``***``: what may be shown in logs and errors."""
+    try:
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hosts = netloc.rpartition("@")
+            user, colon, _ = userinfo.partition(":")
+            netloc = f"{user}{colon and ':' + _REDACTED}@{hosts}"
+        query = "&".join(
+            f"{key}={_REDACTED}" if unquote(key).lower() in _SECRET_PARAMETERS else field
+            for field in parts.query.split("&")
+            if field
+            for key in [field.partition("=")[0]]
+        )
+        return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
+    except ValueError:
+        return "<a DSN that is not a valid URL>"
+
+
+def _dsn_secrets(dsn: str) -> frozenset[str]:
+    """The secrets ``dsn`` carries, as written and percent-decoded."""
+    found: set[str] = set()
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(dsn)
+        userinfo = parts.netloc.rpartition("@")[0]
+        if ":" in userinfo:
+            found.add(userinfo.partition(":")[2])
+        for key, values in parse_qs(parts.query).items():
+            if key.lower() in _SECRET_PARAMETERS:
+                found.update(values)
+    found |= {unquote(secret) for secret in found}
+    # Very short strings are everywhere; such a password is no secret anyway.
+    return frozenset(secret for secret in found if len(secret) >= 3)
+
+
+def _check_dsn(dsn: str) -> None:
+    """Refuse a DSN whose user info holds an unencoded ``@``, ``/``, ``?`` or ``#``: the URL
+    would be split inside the password, and the pieces (taken for a host, a port or a database
+    name) end up in the server's and the driver's errors. The DSN itself is never echoed."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return  # not a URL: asyncpg says what it accepts (an empty DSN means the PG* variables)
+    authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:authority_end], rest[authority_end:]
+    if authority.count("@") > 1 or "#" in rest or ("@" in tail.partition("?")[0]):
+        raise ValueError(
+            f"dsn ({scheme}://...): the user or password holds an '@', '/', '?' or '#' that is "
+            "not percent-encoded; encode them (urllib.parse.quote(password, safe='')), as in "
+            "postgresql://user:p%40ss%2Fword@host:5432/database"
+        )
+
+
+def _without_secrets(exc: BaseException, secrets: frozenset[str], replacement: str) -> None:
+    """Raise a plain ``DatabaseError`` instead of ``exc`` when the text of ``exc`` or of any
+    exception it chains to contains one of ``secrets``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = " ".join([str(current), repr(current), *getattr(current, "__notes__", [])])
+        if any(secret in text for secret in secrets):
+            raise DatabaseError(
+                f"{replacement}: {type(exc).__name__} (its message is withheld: it contained "
+                "the password)"
+            ) from None
+        current = current.__cause__ or current.__context__
 
 
 @dataclass(frozen=True)
@@ -191,7 +314,7 @@ class Database:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | SecretLike,
         *,
         min_size: int = 10,
         max_size: int = 50,
@@ -213,7 +336,10 @@ class Database:
             raise ValueError(f"retry_attempts must be at least 1, got {retry_attempts}")
         if min(retry_initial_backoff_s, retry_max_backoff_s) < 0:
             raise ValueError("retry backoffs must not be negative")
+        dsn = dsn if isinstance(dsn, str) else dsn.get_secret_value()
+        _check_dsn(dsn)
         self._dsn = dsn
+        self._secrets = _dsn_secrets(dsn)
         self.name = name
         self.min_size = min_size
         self.max_size = max_size
@@ -226,6 +352,10 @@ class Database:
         self._metrics = _metrics_for(self._registry)
         self._latency_by_query: dict[str, Histogram] = {}
         self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        state = "open" if self._pool is not None else "closed"
+        return f"<Database {self.name!r} {redact_dsn(self._dsn)} {state}>"
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -261,6 +391,7 @@ class Database:
             with contextlib.suppress(Exception):
                 pool.terminate()  # the connections made before the failure
             if isinstance(exc, Exception):
+                _without_secrets(exc, self._secrets, f"database {self.name!r}: opening the pool")
                 exc.add_note(f"while opening the pool of database {self.name!r}")
             raise
         self._pool = pool
@@ -321,6 +452,10 @@ class Database:
                     with contextlib.suppress(Exception):
                         await tx.rollback()
                     raise
+                if _is_lost(conn):
+                    # Lost before COMMIT was sent: the server rolled the transaction back, so
+                    # the outcome is known and running it again is safe.
+                    raise ConnectionLostError(self.name, name)
                 try:
                     await tx.commit()
                 except Exception as exc:
@@ -587,6 +722,14 @@ class ConnectionLease:
             raise PoolExhaustedError(
                 database.name, database.acquire_timeout_s, database.max_size
             ) from None
+        except Exception as exc:
+            # The pool connects here when it holds no live connection to hand out.
+            _without_secrets(exc, database._secrets, f"database {database.name!r}: connecting")
+            if isinstance(exc, OSError):
+                # Whatever the transport calls it (no socket file, refused, no route, no
+                # name), the server cannot be reached.
+                raise DatabaseUnavailableError(database.name, self._query, exc) from exc
+            raise
         # The pool hands out a proxy that forwards every Connection method and passes
         # isinstance(..., Connection); the stubs do not model that.
         return cast("asyncpg.Connection", self._proxy)
@@ -609,7 +752,12 @@ class ConnectionLease:
             ):
                 raise ConnectionLostError(self._database.name, self._query) from exc
         finally:
-            await self._pool.release(self._proxy)
+            # asyncpg resets a connection as it takes it back; on one that broke mid-operation
+            # the reset fails ("cannot switch to state 15; another operation is in progress"),
+            # and the pool terminates it and frees its slot. The call's own outcome, already
+            # decided, is what the caller must see, not that.
+            with contextlib.suppress(Exception):
+                await self._pool.release(self._proxy)
 
 
 def _is_lost(conn: asyncpg.Connection) -> bool:

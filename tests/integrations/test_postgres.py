@@ -4,6 +4,7 @@ faults in which nothing may be lost or written twice, the pool limit, migrations
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.util
 import secrets
 import socket
@@ -26,6 +27,7 @@ from integrations.postgres import (
     ConnectionLostError,
     Database,
     DatabaseError,
+    DatabaseUnavailableError,
     MigrationError,
     PoolExhaustedError,
     is_transient,
@@ -595,6 +597,12 @@ async def test_databases_can_share_a_registry(postgres_dsn: str) -> None:
         (ConnectionRefusedError(111, "refused"), True),
         (ConnectionResetError(104, "reset"), True),
         (ConnectionLostError(NAME, "q"), True),
+        # Whatever the transport raised while connecting: a Unix socket's file gone, refused.
+        (DatabaseUnavailableError(NAME, "q", FileNotFoundError(2, "No such file")), True),
+        (DatabaseUnavailableError(NAME, "q", ConnectionRefusedError(111, "refused")), True),
+        (OSError(errno.EHOSTUNREACH, "no route to host"), True),
+        (OSError(errno.ENETUNREACH, "network unreachable"), True),
+        (FileNotFoundError(2, "a file, not a connection"), False),
         (asyncpg.UniqueViolationError("duplicate"), False),
         (asyncpg.PostgresSyntaxError("syntax"), False),
         (asyncpg.QueryCanceledError("statement timeout"), False),
