@@ -238,7 +238,8 @@ def _check_dsn(dsn: str) -> None:
         return  # not a URL: asyncpg says what it accepts (an empty DSN means the PG* variables)
     authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
     authority, tail = rest[:authority_end], rest[authority_end:]
-    if authority.count("@") > 1 or "#" in rest or ("@" in tail.partition("?")[0]):
+    # An "@" after the authority when the authority has none: the user info was cut short.
+    if authority.count("@") > 1 or "#" in rest or ("@" in tail and "@" not in authority):
         raise ValueError(
             f"dsn ({scheme}://...): the user or password holds an '@', '/', '?' or '#' that is "
             "not percent-encoded; encode them (urllib.parse.quote(password, safe='')), as in "
