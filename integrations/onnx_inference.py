@@ -22,6 +22,14 @@ runs on the event loop, blocking it no longer than that, about as long as a garb
 collection pause; longer ones run in a worker thread (ONNX Runtime releases the GIL, so the
 loop goes on serving meanwhile). The first call always runs in a thread, to learn the time.
 A node whose other requests cannot wait 2 ms lowers it (``INFERENCE_INLINE_BELOW_MS``).
+
+Bounds. At most ``max_queue`` calls wait for inference at a time (``predict`` calls queued for a
+batch, plus ``run`` calls waiting for or in a worker thread); one more fails at once with
+``InferenceOverloadedError`` rather than join a queue that only grows while the model is behind.
+Each call gives up after ``timeout_ms`` (its wait in the queue plus the inference) with
+``InferenceTimeoutError``, a ``TimeoutError``; a call that timed out leaves the queue at once. A
+``session.run`` already under way cannot be interrupted: it finishes in its thread and its
+result is dropped. Loading the model (the first call, or ``load()``) is not under the timeout.
 """
 
 from __future__ import annotations
@@ -111,6 +119,32 @@ class OnnxLoadError(InferenceError):
     def __init__(self, where: str, reason: str) -> None:
         super().__init__(f"cannot load the ONNX model from {where}: {reason}")
         self.where = where
+
+
+class InferenceOverloadedError(InferenceError):
+    """``max_queue`` calls are already waiting: this one is refused at once, nothing queued.
+    Retry later (an HTTP service answers 503 with Retry-After)."""
+
+    def __init__(self, model: str, limit: int) -> None:
+        super().__init__(
+            f"model {model!r} is overloaded: {limit} calls are already waiting for inference "
+            "(max_queue); refused without waiting, retry later"
+        )
+        self.model = model
+        self.limit = limit
+
+
+class InferenceTimeoutError(InferenceError, TimeoutError):
+    """A call took longer than ``timeout_ms``, waiting plus inference; its result, if the
+    inference still finishes, is dropped."""
+
+    def __init__(self, model: str, timeout_s: float) -> None:
+        super().__init__(
+            f"model {model!r}: the call took longer than {timeout_s * 1000:g} ms (timeout_ms), "
+            "waiting for inference and running it"
+        )
+        self.model = model
+        self.timeout_s = timeout_s
 
 
 class OnnxClosedError(InferenceError):
@@ -260,9 +294,13 @@ _CacheKey = tuple[tuple[str, str], tuple[str, ...], int]
 class OnnxSessionCache:
     """Sessions by model, version, providers and thread count, for the life of the process
     unless evicted. Loading is guarded per key, so concurrent first calls load once; ``loads``
-    counts the sessions created."""
+    counts the sessions created. At most ``max_sessions`` are kept: loading one more drops the
+    least recently used (models holding it keep it; a later model loads it again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_sessions: int = 8) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        self.max_sessions = max_sessions
         self._sessions: dict[_CacheKey, Any] = {}
         self._locks: dict[_CacheKey, asyncio.Lock] = {}
         self.loads = 0
@@ -278,6 +316,8 @@ class OnnxSessionCache:
         key = (source.key, tuple(providers), intra_op_threads)
         session: Any = self._sessions.get(key)
         if session is not None:
+            # Most recently used last: dicts keep insertion order.
+            self._sessions[key] = self._sessions.pop(key)
             return session
         lock = self._locks.setdefault(key, asyncio.Lock())
         try:
@@ -290,6 +330,8 @@ class OnnxSessionCache:
                     )
                     self.loads += 1
                     self._sessions[key] = session
+                    while len(self._sessions) > self.max_sessions:
+                        del self._sessions[next(iter(self._sessions))]
                     _log.info(
                         "loaded ONNX model from %s (version %s) on %s in %.3fs",
                         source.describe(),
@@ -360,7 +402,8 @@ def _metrics_for(registry: CollectorRegistry) -> InferenceMetrics:
             ),
             errors=Counter(
                 "onnx_inference_errors_total",
-                "Failed calls by kind: input_mismatch, load, inference, closed.",
+                "Failed calls by kind: input_mismatch, load, inference, closed, overloaded, "
+                "timeout.",
                 ["model", "kind"],
                 registry=registry,
             ),
@@ -396,7 +439,8 @@ class InputCheck:
         return cls(spec, spec.dtype, len(shape), fixed, labelled)
 
 
-@dataclass(slots=True)
+# eq=False: a waiting call is removed from the queue by identity (its sample is arrays).
+@dataclass(slots=True, eq=False)
 class InferenceRequest:
     sample: Mapping[str, Array]
     future: asyncio.Future[list[Array]]
@@ -414,6 +458,9 @@ class InferenceModel:
     needs every input's first dimension to be symbolic (or -1); a model whose first dimensions
     are fixed at 1 gets one ``session.run`` per sample, in turn; any other model only ``run``.
 
+    ``max_queue`` and ``timeout_ms`` bound the calls waiting and each call's time (see the
+    module docstring); ``timeout_ms=None`` waits without limit.
+
     ``name`` labels the metrics and the errors. Without a ``registry`` the metrics get a
     registry of their own; without a ``cache`` sessions go to the process-wide one.
     """
@@ -427,6 +474,8 @@ class InferenceModel:
         max_batch_size: int = 32,
         max_wait_ms: float = 2.0,
         inline_below_ms: float = 2.0,
+        max_queue: int = 1024,
+        timeout_ms: float | None = 10_000.0,
         cache: OnnxSessionCache | None = None,
         name: str = "model",
         registry: CollectorRegistry | None = None,
@@ -437,6 +486,12 @@ class InferenceModel:
             raise ValueError("max_wait_ms and inline_below_ms must not be negative")
         if intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must not be negative, got {intra_op_threads}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        if timeout_ms is not None and not 0 < timeout_ms < float("inf"):
+            raise ValueError(
+                f"timeout_ms must be a finite number > 0, or None for no limit; got {timeout_ms}"
+            )
         self.source = source
         self.name = name
         self.providers = choose_providers(providers)
@@ -444,6 +499,8 @@ class InferenceModel:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.inline_below_s = inline_below_ms / 1000
+        self.max_queue = max_queue
+        self.timeout_s = None if timeout_ms is None else timeout_ms / 1000
         self._cache = cache if cache is not None else _DEFAULT_CACHE
         self._registry = registry if registry is not None else CollectorRegistry()
         metrics = _metrics_for(self._registry)
@@ -461,6 +518,7 @@ class InferenceModel:
         self._batching_reason = ""
         self._row_seconds = float("inf")  # running estimate of a call's time per row
         self._pending: deque[InferenceRequest] = deque()
+        self._runs_waiting = 0  # run() calls waiting for or in a worker thread
         # Set when a call is queued / when a full batch is; bound to a loop on first wait.
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
@@ -470,6 +528,11 @@ class InferenceModel:
     @property
     def registry(self) -> CollectorRegistry:
         return self._registry
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for inference now, the number ``max_queue`` bounds."""
+        return len(self._pending) + self._runs_waiting
 
     @property
     def loaded(self) -> bool:
@@ -594,15 +657,41 @@ class InferenceModel:
         rows = _rows(feeds, self._batch_input)
         try:
             if self._row_seconds * rows < self.inline_below_s:
+                # On the loop, shorter than inline_below_ms: nothing waits, nothing to time out.
                 outputs, seconds = _timed_run(self._session, feeds)
             else:
-                outputs, seconds = await _in_thread(_timed_run, self._session, feeds)
+                outputs, seconds = await self._run_in_thread(feeds)
             self._learn(seconds, rows)
+        except (InferenceTimeoutError, InferenceOverloadedError):
+            raise
         except Exception as exc:
             self._errors.labels(self.name, "inference").inc()
             raise InferenceError(f"model {self.name!r}: inference failed: {exc}") from exc
         self._run_latency.observe(seconds)
         return outputs
+
+    async def _run_in_thread(self, feeds: Mapping[str, Array]) -> tuple[list[Array], float]:
+        self._admit()
+        self._runs_waiting += 1
+        try:
+            # Cancelled by the timeout before a thread takes it, the job leaves the executor's
+            # queue too; one already running finishes, and only its result is dropped.
+            async with asyncio.timeout(self.timeout_s):
+                return await _in_thread(_timed_run, self._session, feeds)
+        except TimeoutError:
+            raise self._timed_out() from None
+        finally:
+            self._runs_waiting -= 1
+
+    def _admit(self) -> None:
+        if self.waiting >= self.max_queue:
+            self._errors.labels(self.name, "overloaded").inc()
+            raise InferenceOverloadedError(self.name, self.max_queue)
+
+    def _timed_out(self) -> InferenceTimeoutError:
+        self._errors.labels(self.name, "timeout").inc()
+        assert self.timeout_s is not None
+        return InferenceTimeoutError(self.name, self.timeout_s)
 
     async def predict(self, sample: Mapping[str, Array]) -> list[Array]:
         """The outputs for one sample (see the class docstring), each without its batch
@@ -620,15 +709,30 @@ class InferenceModel:
         except InputMismatchError:
             self._errors.labels(self.name, "input_mismatch").inc()
             raise
+        self._admit()
         loop = asyncio.get_running_loop()
         if self._batcher is None:
             self._batcher = loop.create_task(self._batch_loop(), name=f"{self.name}-batcher")
         future: asyncio.Future[list[Array]] = loop.create_future()
-        self._pending.append(InferenceRequest(sample, future, loop.time()))
+        request = InferenceRequest(sample, future, loop.time())
+        self._pending.append(request)
         self._wakeup.set()
         if len(self._pending) >= self._batch_limit():
             self._full.set()
-        return await future
+        try:
+            # The timeout cancels the future, so the batcher skips it if it has not taken it.
+            async with asyncio.timeout(self.timeout_s):
+                return await future
+        except TimeoutError:
+            if future.done() and not future.cancelled():
+                return future.result()  # delivered as the time ran out
+            raise self._timed_out() from None
+        finally:
+            if future.cancelled():
+                # Out of the queue now (timed out, or its caller cancelled), not when the
+                # batcher reaches it: it must not hold a place under max_queue.
+                with contextlib.suppress(ValueError):
+                    self._pending.remove(request)
 
     async def close(self) -> None:
         """Stop batching: the ``session.run`` under way finishes and delivers, calls still

@@ -4,6 +4,7 @@ checked against numpy computing the same function."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from integrations.onnx_inference import (
     CPU_PROVIDER,
     InferenceError,
     InferenceModel,
+    InferenceOverloadedError,
+    InferenceTimeoutError,
     InputMismatchError,
     OnnxClosedError,
     OnnxLoadError,
@@ -556,3 +559,157 @@ def test_run_matches_numpy_for_any_batch(x: Array, inline_below_ms: float) -> No
     scale = float((np.abs(x) @ np.abs(DENSE.w)).max() + np.abs(DENSE.b).max())
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6 * scale)
     assert PROPERTY_CACHE.loads == 1
+
+
+# --- issue 13: the queue of waiting calls is bounded, and each call has a timeout -------------
+
+N_SLOW = 768
+
+
+def _slow() -> bytes:
+    """y = x @ w @ w ... (eight 768x768 products per sample): at least ~70 ms of real work
+    even on a fast core, against timeouts of tens of milliseconds."""
+    w = (np.random.default_rng(0).standard_normal((N_SLOW, N_SLOW)) / N_SLOW**0.5).astype(F32)
+    names = ["x", *(f"h{i}" for i in range(7)), "y"]
+    return _model_bytes(
+        [helper.make_node("MatMul", [a, "w"], [b]) for a, b in itertools.pairwise(names)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", N_SLOW, N_SLOW])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N_SLOW, N_SLOW])],
+        [numpy_helper.from_array(w, "w")],
+    )
+
+
+def _held(cache: OnnxSessionCache, **kwargs: Any) -> InferenceModel:
+    """A model whose predict calls wait in its queue: a batch that never fills, a long wait."""
+    kwargs.setdefault("max_batch_size", 4096)
+    return InferenceModel(
+        OnnxModelSource(data=DENSE.data), cache=cache, max_wait_ms=60_000, **kwargs
+    )
+
+
+async def test_the_default_queue_refuses_calls_beyond_its_bound(cache: OnnxSessionCache) -> None:
+    """Issue 13: waiting predict calls queued without limit. Now 1,024 wait and the next one
+    fails at once."""
+    model = _held(cache)
+    await model.load()
+    x = _x(1)[0]
+    waiting = [asyncio.create_task(model.predict({"x": x})) for _ in range(1024)]
+    await asyncio.sleep(0)
+    async with asyncio.timeout(2):
+        with pytest.raises(InferenceError, match=r"overloaded: 1024 calls .* \(max_queue\)"):
+            await model.predict({"x": x})
+    assert not any(task.done() for task in waiting)  # the queued ones are still served later
+    assert model.waiting == 1024
+    assert _sample(model, "onnx_inference_errors_total", {"kind": "overloaded"}) == 1
+    await _shut(model)
+    for task in waiting:
+        with pytest.raises(OnnxClosedError):
+            await task
+
+
+async def test_a_full_queue_fails_fast_with_a_typed_error_and_frees_as_it_drains(
+    cache: OnnxSessionCache,
+) -> None:
+    model = InferenceModel(
+        OnnxModelSource(data=DENSE.data),
+        cache=cache,
+        max_batch_size=3,
+        max_wait_ms=60_000,
+        max_queue=3,
+    )
+    await model.load()
+    x = _x(4)
+    first = [asyncio.create_task(model.predict({"x": row})) for row in x[:2]]
+    await asyncio.sleep(0)
+    with pytest.raises(InferenceOverloadedError) as info:
+        await asyncio.gather(model.predict({"x": x[2]}), model.predict({"x": x[3]}))
+    assert info.value.limit == 3
+    # The third call filled the batch, which ran: the queue is free again.
+    async with asyncio.timeout(5):
+        served = await asyncio.gather(*first)
+    _close(np.stack([row for [row] in served]), DENSE.expected(x[:2]))
+    await _shut(model)
+
+
+async def test_a_call_waiting_past_its_timeout_fails_typed_and_leaves_the_queue(
+    cache: OnnxSessionCache,
+) -> None:
+    model = _held(cache, max_queue=1, timeout_ms=100)
+    await model.load()
+    x = _x(1)[0]
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(InferenceTimeoutError, match=r"longer than 100 ms \(timeout_ms\)") as info:
+        await model.predict({"x": x})
+    assert isinstance(info.value, TimeoutError)  # the node maps TimeoutError to its timeout
+    assert 0.1 <= asyncio.get_running_loop().time() - started < 2
+    # Its place in the queue was given back: with max_queue=1 the next call is admitted.
+    with pytest.raises(InferenceTimeoutError):
+        await model.predict({"x": x})
+    assert _sample(model, "onnx_inference_errors_total", {"kind": "timeout"}) == 2
+    assert _sample(model, "onnx_inference_errors_total", {"kind": "overloaded"}) == 0
+    await _shut(model)
+
+
+async def test_a_slow_inference_times_out_predict_and_run(cache: OnnxSessionCache) -> None:
+    model = InferenceModel(
+        OnnxModelSource(data=_slow()), cache=cache, intra_op_threads=1, timeout_ms=30
+    )
+    await model.load()
+    x = np.ones((N_SLOW, N_SLOW), dtype=F32)
+    with pytest.raises(InferenceTimeoutError):
+        await model.predict({"x": x})  # the batch is running in its thread when time runs out
+    with pytest.raises(InferenceTimeoutError):
+        await model.run({"x": x[np.newaxis]})
+    assert _sample(model, "onnx_inference_errors_total", {"kind": "timeout"}) == 2
+    assert _sample(model, "onnx_inference_errors_total", {"kind": "inference"}) == 0
+    await _shut(model)
+
+
+async def test_run_calls_in_threads_count_against_the_queue(cache: OnnxSessionCache) -> None:
+    model = InferenceModel(
+        OnnxModelSource(data=_slow()), cache=cache, intra_op_threads=1, max_queue=1
+    )
+    await model.load()
+    x = np.ones((1, N_SLOW, N_SLOW), dtype=F32)
+    running = asyncio.create_task(model.run({"x": x}))
+    await asyncio.sleep(0)  # it is in its worker thread now (the first call always is)
+    with pytest.raises(InferenceOverloadedError):
+        await model.run({"x": x})
+    with pytest.raises(InferenceOverloadedError):
+        await model.predict({"x": x[0]})
+    async with asyncio.timeout(30):
+        [y] = await running
+    assert y.shape == (1, N_SLOW, N_SLOW)
+    await _shut(model)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_queue": 0}, "max_queue"),
+        ({"timeout_ms": 0}, "timeout_ms"),
+        ({"timeout_ms": float("nan")}, "timeout_ms"),
+    ],
+)
+def test_bad_bounds_are_refused_naming_them(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        InferenceModel(OnnxModelSource(data=DENSE.data), **kwargs)
+
+
+async def test_the_session_cache_keeps_at_most_max_sessions() -> None:
+    cache = OnnxSessionCache(max_sessions=2)
+    models = [
+        InferenceModel(OnnxModelSource(data=DENSE.data, version=str(v)), cache=cache)
+        for v in range(3)
+    ]
+    for model in models:
+        await model.load()
+    assert (len(cache), cache.loads) == (2, 3)
+    x = _x(2)
+    [y] = await models[0].run({"x": x})  # evicted from the cache, still held by its model
+    _close(y, DENSE.expected(x))
+    again = InferenceModel(OnnxModelSource(data=DENSE.data, version="0"), cache=cache)
+    await again.load()
+    assert (len(cache), cache.loads) == (2, 4)
+    with pytest.raises(ValueError, match="max_sessions"):
+        OnnxSessionCache(max_sessions=0)
