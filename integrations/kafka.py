@@ -74,6 +74,67 @@ Transform = Callable[["Record"], Awaitable[Sequence[tuple[str, bytes | None, byt
 
 _log = logging.getLogger(__name__)
 
+# Credentials of every client built here, scrubbed from each message this module logs or
+# raises: librdkafka echoes parts of its configuration in some errors (an unparsable
+# sasl.oauthbearer.config, for one). Grows only with distinct configured secrets.
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+REDACTED = "**redacted**"
+# librdkafka settings that hold credentials, matched by these parts of their names.
+_SECRET_MARKERS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl_key")
+
+
+def _is_secret(key: str) -> bool:
+    return any(marker in key.lower() for marker in _SECRET_MARKERS)
+
+
+def _redacted(conf: Mapping[str, object]) -> dict[str, object]:
+    return {key: REDACTED if _is_secret(key) else value for key, value in conf.items()}
+
+
+def _register_secrets(conf: Mapping[str, object]) -> None:
+    found: set[str] = set()
+    for key, value in conf.items():
+        if not (_is_secret(key) and isinstance(value, str) and value):
+            continue
+        found.add(value)
+        # "principal=admin secret=..." is echoed piecemeal: each value is a secret too.
+        for part in value.split():
+            found.add(part)
+            found.add(part.partition("=")[2])
+    found.discard("")
+    if found:
+        with _SECRETS_LOCK:
+            _SECRETS.update(found)
+
+
+def _scrub(text: str) -> str:
+    if not _SECRETS:
+        return text
+    for secret in sorted(_SECRETS, key=len, reverse=True):  # longest first: no partial leftovers
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class _ScrubSecrets(logging.Filter):
+    """Redact configured credentials from every record of this module's logger, librdkafka's
+    own log lines (routed here) included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _SECRETS:
+            return True
+        message = record.getMessage()
+        scrubbed = _scrub(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _scrub(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+_log.addFilter(_ScrubSecrets())
+
 # Settings the delivery guarantees of this module rest on; `extra` may not override them.
 _PRODUCER_FIXED = frozenset({"enable.idempotence", "acks", "request.required.acks"})
 _CONSUMER_FIXED = frozenset({"enable.auto.commit", "enable.auto.offset.store", "group.id"})
@@ -110,7 +171,7 @@ class KafkaError(Exception):
         fatal: bool = False,
         txn_requires_abort: bool = False,
     ) -> None:
-        super().__init__(message)
+        super().__init__(_scrub(message))
         self.code = code
         self.retriable = retriable
         self.fatal = fatal
@@ -146,18 +207,6 @@ def _timed_out(name: str, topic: str, timeout_ms: int) -> KafkaError:
         code="_MSG_TIMED_OUT",
         retriable=True,
     )
-
-
-# librdkafka settings that hold credentials: never shown by ``config``, a repr or a message.
-_SECRET_MARKERS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl_key")
-REDACTED = "**redacted**"
-
-
-def _redacted(conf: Mapping[str, object]) -> dict[str, object]:
-    return {
-        key: REDACTED if any(marker in key.lower() for marker in _SECRET_MARKERS) else value
-        for key, value in conf.items()
-    }
 
 
 class HandlerError(KafkaError):
@@ -530,6 +579,7 @@ class Producer:
         )
         if transactional_id is not None:
             conf["transactional.id"] = transactional_id
+        _register_secrets(conf)
         self._conf = conf
         self._name = name
         self.metrics = KafkaMetrics.get(name, registry)
@@ -1088,6 +1138,7 @@ class Consumer:
                 "heartbeat.interval.ms": heartbeat_interval_ms,
             }
         )
+        _register_secrets(conf)
         self._conf = conf
         self._topics = list(topics)
         self._name = name
@@ -1112,6 +1163,17 @@ class Consumer:
         self._assigned: frozenset[tuple[str, int]] = frozenset()
         self._rebalanced = False
         self._running = False
+
+    @property
+    def config(self) -> dict[str, object]:
+        """The configuration handed to librdkafka (without callbacks), credentials redacted."""
+        return _redacted(self._conf)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Consumer {self._name} group.id={self._conf['group.id']!r} "
+            f"bootstrap.servers={self._conf['bootstrap.servers']!r}>"
+        )
 
     async def __aenter__(self) -> Self:
         await self.start()
