@@ -13,6 +13,7 @@ PostgreSQL: lock, claim, a write per step, unlock. 2,000 instances at concurrenc
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from benchmarks.bench_common import (
@@ -77,7 +78,11 @@ async def _measure(quick: bool) -> dict[str, float]:
             figures = _transition_figures(workflow, engine, quick)
 
             async def one(i: int) -> None:
-                output = await node.fetch_item(models.FetchItemInput(values=[1.0, 2.0, 3.0]))
+                # An id per call: equal requests without one are one instance (a retry).
+                request = models.FetchItemInput(
+                    values=[1.0, 2.0, 3.0], instance_id=uuid.uuid4().hex
+                )
+                output = await node.fetch_item(request)
                 if len(output.steps) != 3:
                     raise AssertionError(f"expected three steps, got {output.steps}")
 
