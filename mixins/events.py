@@ -1,10 +1,12 @@
-"""An event publisher interface, with in-memory and logging publishers."""
+"""An event publisher interface, with a logging publisher (the default sink) and a bounded
+in-memory one for tests."""
 
 from __future__ import annotations
 
 import json
 import logging
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,12 +47,21 @@ class EventPublisher(Protocol):
 
 
 class InMemoryEventPublisher:
-    """Keeps every event, in order: for tests and single-process use."""
+    """Keeps the latest ``max_events`` events, in order: for tests.
 
-    def __init__(self) -> None:
-        self.published: list[tuple[str, Event]] = []
+    Older events are dropped as new ones arrive (and counted in ``dropped``), so a node left
+    running with it cannot grow without bound.
+    """
+
+    def __init__(self, max_events: int = 10_000) -> None:
+        if max_events < 1:
+            raise ValueError(f"max_events must be at least 1, got {max_events}")
+        self.published: deque[tuple[str, Event]] = deque(maxlen=max_events)
+        self.dropped = 0
 
     async def publish(self, topic: str, event: Event) -> None:
+        if len(self.published) == self.published.maxlen:
+            self.dropped += 1
         self.published.append((topic, event))
 
     def events_for(self, topic: str) -> list[Event]:

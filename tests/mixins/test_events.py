@@ -45,9 +45,19 @@ async def test_in_memory_publisher_keeps_events_in_order_by_topic() -> None:
     publisher = InMemoryEventPublisher()
     a, b, c = Event("a", {}), Event("b", {}), Event("c", {})
     await publish_all(publisher, ("users", a), ("orders", b), ("users", c))
-    assert publisher.published == [("users", a), ("orders", b), ("users", c)]
+    assert list(publisher.published) == [("users", a), ("orders", b), ("users", c)]
     assert publisher.events_for("users") == [a, c]
     assert publisher.events_for("payments") == []
+
+
+async def test_in_memory_publisher_keeps_only_the_latest_events() -> None:
+    publisher = InMemoryEventPublisher(max_events=3)
+    events = [Event(f"e{i}", {}) for i in range(50_000)]
+    await publish_all(publisher, *(("t", event) for event in events))
+    assert [event for _, event in publisher.published] == events[-3:]
+    assert publisher.dropped == len(events) - 3
+    with pytest.raises(ValueError, match="max_events"):
+        InMemoryEventPublisher(max_events=0)
 
 
 async def test_logging_publisher_writes_one_json_line_per_event(
