@@ -894,11 +894,19 @@ class HttpClient:
         except RateLimitedError as exc:
             raise RequestNotSent(exc) from None
         try:
-            return await self._attempt(
+            response = await self._attempt(
                 session, upstream, method, url, params, json, headers, client_timeout
             )
-        finally:
+        except RequestNotSent:
+            # No pool slot came free: nothing reached the upstream, so nothing enters the window.
+            self._in_flight -= 1
+            self._slot_released.set()
+            raise
+        except BaseException:
             await self._release_slot()
+            raise
+        await self._release_slot()
+        return response
 
     async def _attempt(
         self,

@@ -677,11 +677,14 @@ async def test_waiting_for_a_pool_slot_is_not_an_upstream_failure(
     upstream: Upstream, limit: str
 ) -> None:
     # A breaker that would open on one failure. Two calls hold the pool's two slots at the
-    # upstream; three more wait for a slot longer than pool_timeout_s.
+    # upstream; three more wait for a slot longer than pool_timeout_s. The rate limit has room
+    # for the three that are sent, provided the unsent do not count.
     client = client_for(
         upstream.url,
         **{limit: 2},
         pool_timeout_s=0.1,
+        rate_limit="5/second",
+        rate_limit_mode="reject",
         breaker_window=1,
         breaker_minimum_calls=1,
         breaker_failure_rate=1.0,
