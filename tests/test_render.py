@@ -54,6 +54,7 @@ LONG_NAME_KIT_CASES = [
         ("database_heavy", "reducer"),
         ("api_heavy", "orchestrator"),
         ("kafka_heavy", "orchestrator"),
+        ("kafka_heavy", "reducer"),
         ("ml_inference", "effect"),
         ("analytics", "reducer"),
         ("analytics", "compute"),
