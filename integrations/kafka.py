@@ -35,6 +35,7 @@ import logging
 import queue
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -56,6 +57,7 @@ __all__ = [
     "KafkaError",
     "KafkaMetrics",
     "Producer",
+    "ProducerFencedError",
     "ProducerQueueFullError",
     "Record",
     "TransactionalPipeline",
@@ -182,7 +184,8 @@ class KafkaError(Exception):
         """Describe a librdkafka error (or the KafkaException carrying it) as ``context: why``."""
         err = error.args[0] if isinstance(error, ck.KafkaException) and error.args else error
         if isinstance(err, ck.KafkaError):
-            return cls(
+            kind = ProducerFencedError if err.name() in _FENCED and err.fatal() else cls
+            return kind(
                 f"{context}: {err.str()} ({err.name()})",
                 code=err.name(),
                 retriable=err.retriable(),
@@ -190,6 +193,15 @@ class KafkaError(Exception):
                 txn_requires_abort=err.txn_requires_abort(),
             )
         return cls(f"{context}: {err}")
+
+
+class ProducerFencedError(KafkaError):
+    """A newer producer with the same ``transactional_id`` started: this one is fenced for
+    good (``fatal``). Its open transaction is aborted by the broker; stop it."""
+
+
+# librdkafka's names for "fenced by a newer instance".
+_FENCED = frozenset({"_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH"})
 
 
 class ProducerQueueFullError(KafkaError):
@@ -610,6 +622,7 @@ class Producer:
         # (added once per poll rather than per message: a labelled increment costs a lock).
         self._acked: dict[str, list[int]] = {}
         self._failed: dict[str, int] = {}
+        self._fatal_logged = False
 
     @property
     def config(self) -> dict[str, object]:
@@ -697,7 +710,13 @@ class Producer:
         while len(client) and time.monotonic() < deadline:
             client.poll(0.05)
         client.poll(0)
-        client.close()
+        # A fenced or broken transactional producer warns that close() could not abort; the
+        # failure was already reported to whoever ran the transaction: log it, no more.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            client.close()
+        for warning in caught:
+            _log.warning("kafka producer %s: closing: %s", self._name, warning.message)
 
     def send_nowait(
         self,
@@ -980,6 +999,12 @@ class Producer:
                 try:
                     client.poll(0)
                     self._settle_reports()
+                except ck.KafkaException as exc:
+                    # A fatal client error (fenced, say) is raised by every poll: report it
+                    # once; the calls that fail because of it say so to their callers.
+                    if not self._fatal_logged:
+                        self._fatal_logged = True
+                        _log.error("kafka producer %s: %s", self._name, KafkaError.wrap("", exc))
                 except Exception:  # a callback failed; the pump must go on regardless
                     _log.exception("kafka producer %s: serving delivery reports", self._name)
             await asyncio.sleep(_PUMP_INTERVAL_S)
@@ -1163,6 +1188,7 @@ class Consumer:
         self._assigned: frozenset[tuple[str, int]] = frozenset()
         self._rebalanced = False
         self._running = False
+        self._fetching: asyncio.Future[None] | None = None
 
     @property
     def config(self) -> dict[str, object]:
@@ -1240,7 +1266,7 @@ class Consumer:
             while not self._assigned:
                 if time.monotonic() > deadline:
                     raise KafkaError(f"{self._name}: no partitions assigned after {timeout_s} s")
-                await self._worker.call(self._fetch, self._require_client())
+                await self._fetch_once()
         finally:
             self._running = False
         return self.assignment()
@@ -1256,7 +1282,7 @@ class Consumer:
         """Process records until ``stop`` is set, ``max_records`` were processed, or none
         arrived for ``idle_timeout_s``; return how many were processed (dead-lettered ones
         included). Offsets are committed after each batch and before returning."""
-        client = self._require_client()
+        self._require_client()
         self._enter_run()
         processed = 0
         idle_since = time.monotonic()
@@ -1265,7 +1291,7 @@ class Consumer:
                 max_records is None or processed < max_records
             ):
                 if not self._buffer:
-                    await self._worker.call(self._fetch, client)
+                    await self._fetch_once()
                     if not self._buffer:
                         if (
                             idle_timeout_s is not None
@@ -1511,8 +1537,21 @@ class Consumer:
     async def _next_batch(self) -> list[Record]:
         """The buffered records, fetching once if there are none (may be empty)."""
         if not self._buffer:
-            await self._worker.call(self._fetch, self._require_client())
+            await self._fetch_once()
         return list(self._buffer)
+
+    async def _fetch_once(self) -> None:
+        """Fetch into the buffer, or wait for the fetch already running.
+
+        A fetch goes on on the worker thread when the run that started it is cancelled; the
+        next run waits for that one (shielded, so cancelling waits no longer for it) instead
+        of reading the buffer while the worker may still fill or filter it."""
+        fetch = self._fetching
+        if fetch is None or fetch.done():
+            fetch = asyncio.ensure_future(self._worker.call(self._fetch, self._require_client()))
+            fetch.add_done_callback(_consume_exception)  # awaited below, or by the next run
+            self._fetching = fetch
+        await asyncio.shield(fetch)
 
     def _take(self, count: int) -> None:
         for _ in range(count):
@@ -1553,9 +1592,14 @@ class TransactionalPipeline:
     outputs of ``transform`` and the consumer's offsets, so either both become visible (to
     ``read_committed`` readers) or neither does.
 
-    The consumer commits nothing itself here. When the transaction fails it is aborted and
-    ``run()`` raises; the batch stays buffered, so calling ``run()`` again retries it (and a
-    restart re-reads it from the last committed offsets). A record whose ``transform`` raises
+    The consumer commits nothing itself here. A retriable failure of sending the offsets or
+    of the commit (a timeout, a coordinator moving) is tried again, up to ``commit_attempts``
+    times, in the same transaction. Any other failure aborts the transaction and ``run()``
+    raises; the batch stays buffered, so calling ``run()`` again retries it (and a restart
+    re-reads it from the last committed offsets). A producer fenced by a newer one with the
+    same ``transactional_id`` raises ProducerFencedError (nothing to abort: the broker did).
+    Cancelling ``run()`` during a commit waits for the commit's outcome (it runs on regardless)
+    so that a committed batch is never processed again. A record whose ``transform`` raises
     goes, inside the same transaction, to the consumer's dead-letter topic if it has one;
     otherwise the transaction is aborted and HandlerError raised.
     """
@@ -1568,14 +1612,19 @@ class TransactionalPipeline:
         transaction_timeout_s: float = 30.0,
         lock: asyncio.Lock | None = None,
         on_abort: Callable[[], Awaitable[None]] | None = None,
+        commit_attempts: int = 3,
     ) -> None:
         """``lock`` is held from the start of each batch's transaction to its end: a producer
         runs one transaction at a time, so another writer on ``producer`` (say, a call that
         commits state outside the consumer loop) holds it around its own transactions.
         ``on_abort`` runs, still under the lock, after a batch's transaction failed: the place
-        to roll back what ``transform`` changed in memory."""
+        to roll back what ``transform`` changed in memory. ``commit_attempts`` bounds the
+        tries of a commit (or of sending the offsets) that fails with a retriable error."""
         if producer.transactional_id is None:
             raise ValueError("the producer needs a transactional_id")
+        if commit_attempts < 1:
+            raise ValueError(f"commit_attempts must be at least 1, got {commit_attempts}")
+        self._attempts = commit_attempts
         self._consumer = consumer
         self._producer = producer
         self._timeout_s = transaction_timeout_s
@@ -1612,18 +1661,22 @@ class TransactionalPipeline:
                     batch = batch[: max_records - processed]
                 async with self.lock:
                     try:
-                        await self._process(batch, transform)
+                        cancelled = await self._process(batch, transform)
                     except BaseException:
                         if self._on_abort is not None:
                             await self._on_abort()
                         raise
                 consumer._take(len(batch))
                 processed += len(batch)
+                if cancelled:  # during a commit that went through: the batch is done
+                    raise asyncio.CancelledError
         finally:
             consumer._running = False
         return processed
 
-    async def _process(self, batch: list[Record], transform: Transform) -> None:
+    async def _process(self, batch: list[Record], transform: Transform) -> bool:
+        """Process and commit ``batch``; return whether the caller was cancelled during
+        the commit (which then went through)."""
         consumer, producer = self._consumer, self._producer
         metrics = consumer.metrics
         await producer.begin_transaction()
@@ -1652,23 +1705,68 @@ class TransactionalPipeline:
                     for topic, key, value in outputs:
                         futures.append(await producer._enqueue(topic, value, key=key))
                 offsets[(record.topic, record.partition)] = record.offset + 1
-            await producer._send_offsets_to_transaction(
-                [ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                await consumer._group_metadata(),
-                self._timeout_s,
+            group = await consumer._group_metadata()
+            tps = [ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            await self._retrying(
+                "send_offsets_to_transaction",
+                lambda: producer._send_offsets_to_transaction(tps, group, self._timeout_s),
             )
-            await producer.commit_transaction(self._timeout_s)
-            for fut in futures:  # commit flushed them all; a failed one would have failed it
-                fut.result()
         except BaseException as exc:
-            for fut in futures:
-                fut.add_done_callback(_consume_exception)
-            metrics.errors.labels(batch[0].topic, "transaction").inc()
-            try:
-                await producer.abort_transaction(self._timeout_s)
-            except KafkaError as abort_error:
-                exc.add_note(f"aborting the transaction failed too: {abort_error}")
+            await self._abort(batch, futures, exc)
             raise
+        # Once begun, a commit goes on on the producer's thread whatever happens here, and its
+        # outcome decides whether the batch is done: wait for it even when cancelled.
+        commit = asyncio.ensure_future(
+            self._retrying(
+                "commit_transaction", lambda: producer.commit_transaction(self._timeout_s)
+            )
+        )
+        try:
+            cancelled = await _outcome(commit)
+        except BaseException as exc:
+            await self._abort(batch, futures, exc)
+            raise
+        for fut in futures:  # commit flushed them all; a failed one would have failed it
+            fut.result()
+        self._count(batch, dead_lettered)
+        return cancelled
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[None]]) -> None:
+        for attempt in range(1, self._attempts + 1):
+            try:
+                await call()
+                return
+            except KafkaError as exc:
+                if (
+                    not exc.retriable
+                    or exc.fatal
+                    or exc.txn_requires_abort
+                    or attempt == self._attempts
+                ):
+                    raise
+                _log.warning(
+                    "kafka transactional pipeline: %s failed (attempt %d of %d), trying again: %s",
+                    what,
+                    attempt,
+                    self._attempts,
+                    exc,
+                )
+
+    async def _abort(
+        self, batch: list[Record], futures: list[asyncio.Future[Delivery]], exc: BaseException
+    ) -> None:
+        for fut in futures:
+            fut.add_done_callback(_consume_exception)
+        self._consumer.metrics.errors.labels(batch[0].topic, "transaction").inc()
+        if isinstance(exc, KafkaError) and exc.fatal:
+            return  # fenced or broken: the broker aborts the transaction, this client cannot
+        try:
+            await self._producer.abort_transaction(self._timeout_s)
+        except KafkaError as abort_error:
+            exc.add_note(f"aborting the transaction failed too: {abort_error}")
+
+    def _count(self, batch: list[Record], dead_lettered: list[str]) -> None:
+        metrics = self._consumer.metrics
         for topic in dead_lettered:
             metrics.dead_lettered.labels(topic).inc()
         sizes: dict[str, list[int]] = {}
@@ -1679,3 +1777,18 @@ class TransactionalPipeline:
         for topic, (messages, nbytes) in sizes.items():
             metrics.consumed_messages.labels(topic).inc(messages)
             metrics.consumed_bytes.labels(topic).inc(nbytes)
+
+
+async def _outcome(fut: asyncio.Future[None]) -> bool:
+    """Wait for ``fut`` to finish even if the caller is cancelled meanwhile; raise what it
+    raised; return whether the caller was cancelled (for it to raise CancelledError then)."""
+    cancelled = False
+    while not fut.done():
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                raise
+            cancelled = True
+    fut.result()
+    return cancelled

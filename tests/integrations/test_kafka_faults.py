@@ -20,7 +20,9 @@ import pytest
 
 from integrations.kafka import (
     Consumer,
+    KafkaError,
     Producer,
+    ProducerFencedError,
     Record,
     TransactionalPipeline,
 )
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Without KAFKA_BOOTSTRAP_SERVERS the tests run on a local Tansu, whose limits are named where
 # they matter.
 ON_TANSU = not os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+NOWHERE = "127.0.0.1:1"  # nothing listens there
 
 # The worker a test kills: it prints what it did, line by line, and blocks forever at the
 # point the test wants to kill it (the test waits for that line, then sends SIGKILL).
@@ -252,3 +255,77 @@ async def test_a_processor_killed_between_produce_and_commit_leaves_nothing_comm
         assert outputs[6:] == expected
     else:  # a real Kafka cluster filters the aborted transaction out
         assert outputs == expected
+
+
+# Dead-letter publish failing -----------------------------------------------------------------
+
+
+async def test_a_failing_dead_letter_publish_keeps_the_offset_at_the_poison_record(
+    kafka_bootstrap: str,
+) -> None:
+    topic = create_topic(kafka_bootstrap)
+    await produce(kafka_bootstrap, topic, [b"ok-0", b"ok-1", b"poison", b"ok-3"])
+    group = unique("group")
+    # The dead-letter topic lives on a cluster that is down: its publish fails for real
+    # (the message times out undelivered).
+    dead_letters = Producer(NOWHERE, linger_ms=0, delivery_timeout_ms=500, extra={"log_level": 0})
+    handled: list[bytes] = []
+
+    async def handle(record: Record) -> None:
+        if record.value == b"poison":
+            raise ValueError("cannot parse")
+        handled.append(record.value)
+
+    consumer = Consumer(
+        kafka_bootstrap,
+        group,
+        [topic],
+        dead_letter_topic="dead-letters",
+        dead_letter_producer=dead_letters,
+        **FAST_GROUP,
+    )
+    async with dead_letters, consumer:
+        with pytest.raises(KafkaError, match=r"could not dead-letter .*\[0\]@2") as caught:
+            await consumer.run(handle, idle_timeout_s=20)
+    assert caught.value.code == "_MSG_TIMED_OUT"
+    assert handled == [b"ok-0", b"ok-1"]
+    # Committed up to the poison record, not past it: a restart meets it again.
+    assert committed_offsets(kafka_bootstrap, group, topic) == {0: 2}
+
+
+# Two processors on one transactional id ------------------------------------------------------
+
+
+async def test_the_older_of_two_processors_on_one_transactional_id_is_fenced(
+    kafka_bootstrap: str,
+) -> None:
+    source = create_topic(kafka_bootstrap)
+    sink = create_topic(kafka_bootstrap)
+    await produce(kafka_bootstrap, source, [b"a0", b"a1", b"a2"])
+    group, txn_id = unique("group"), unique("txn")
+
+    async def transform(record: Record) -> list[tuple[str, bytes | None, bytes]]:
+        return [(sink, record.key, record.value.upper())]
+
+    older = Producer(kafka_bootstrap, transactional_id=txn_id)
+    older_consumer = Consumer(kafka_bootstrap, group, [source], **FAST_GROUP)
+    async with older, older_consumer:
+        pipeline = TransactionalPipeline(older_consumer, older, transaction_timeout_s=5)
+        assert await pipeline.run(transform, max_records=3, idle_timeout_s=20) == 3
+        # A second replica comes up with the same id: registering it fences the older one.
+        newer = Producer(kafka_bootstrap, transactional_id=txn_id)
+        await newer.start()
+        try:
+            await produce(kafka_bootstrap, source, [b"b0", b"b1"])
+            with pytest.raises(ProducerFencedError, match="fenced") as caught:
+                await pipeline.run(transform, max_records=2, idle_timeout_s=20)
+            assert caught.value.fatal
+            assert not getattr(caught.value, "__notes__", None)  # no doomed abort attempted
+            await older_consumer.stop()  # the older replica stops; its partitions move
+            async with Consumer(kafka_bootstrap, group, [source], **FAST_GROUP) as consumer:
+                newer_pipeline = TransactionalPipeline(consumer, newer, transaction_timeout_s=5)
+                assert await newer_pipeline.run(transform, max_records=2, idle_timeout_s=20) == 2
+        finally:
+            await newer.stop()
+    assert committed_offsets(kafka_bootstrap, group, source) == {0: 5}
+    assert read_committed(kafka_bootstrap, sink) == [b"A0", b"A1", b"A2", b"B0", b"B1"]
