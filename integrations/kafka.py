@@ -48,6 +48,7 @@ import confluent_kafka as ck
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 __all__ = [
+    "UNKNOWN_OFFSET",
     "BatchDelivery",
     "BatchDeliveryError",
     "Compression",
@@ -75,6 +76,8 @@ Compression = Literal["none", "gzip", "lz4", "snappy", "zstd"]
 Transform = Callable[["Record"], Awaitable[Sequence[tuple[str, bytes | None, bytes]]]]
 
 _log = logging.getLogger(__name__)
+
+UNKNOWN_OFFSET = -1
 
 # Credentials of every client built here, scrubbed from each message this module logs or
 # raises: librdkafka echoes parts of its configuration in some errors (an unparsable
@@ -235,7 +238,9 @@ class HandlerError(KafkaError):
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """Where the broker stored an acknowledged message."""
+    """Where the broker stored an acknowledged message. ``offset`` is UNKNOWN_OFFSET (-1)
+    when the broker acknowledged a retried batch it already had (the first answer was lost
+    on the way) without saying where: the message is stored, once."""
 
     topic: str
     partition: int
@@ -1021,7 +1026,10 @@ class Producer:
         if err is None:
             self._count_acked(topic, 1, len(msg))
             if not fut.done():  # a cancelled send()
-                fut.set_result(Delivery(topic, msg.partition(), msg.offset()))  # type: ignore[arg-type]
+                offset = msg.offset()
+                fut.set_result(
+                    Delivery(topic, msg.partition(), UNKNOWN_OFFSET if offset is None else offset)  # type: ignore[arg-type]
+                )
         else:
             self._failed[topic] = self._failed.get(topic, 0) + 1
             if not fut.done():

@@ -77,12 +77,14 @@ def _start(
     *,
     port: int | None = None,
     storage_engine: str = MEMORY_STORAGE,
+    advertised_port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start Tansu on ``port`` (a free one if None) and wait until it accepts connections.
     Its stderr goes to a file rather than a pipe: nobody reads a pipe while it runs, and a
     full one would block a chatty broker."""
     port = _free_port() if port is None else port
     url = f"tcp://127.0.0.1:{port}"
+    advertised = url if advertised_port is None else f"tcp://127.0.0.1:{advertised_port}"
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(
             [
@@ -91,7 +93,7 @@ def _start(
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 storage_engine,
             ],
@@ -167,8 +169,15 @@ def local_kafka(startup_timeout_s: float = 15.0, attempts: int = 3) -> Iterator[
 class LocalBroker:
     """A Tansu broker owned by a test: stopped, restarted on the same port, paused."""
 
-    def __init__(self, storage_engine: str = MEMORY_STORAGE, startup_timeout_s: float = 15.0):
+    def __init__(
+        self,
+        storage_engine: str = MEMORY_STORAGE,
+        startup_timeout_s: float = 15.0,
+        advertised_port: int | None = None,
+    ):
+        """``advertised_port``: the port clients are told to connect to (a proxy's, say)."""
         self.storage_engine = storage_engine
+        self.advertised_port = advertised_port
         self._timeout_s = startup_timeout_s
         self._binary = tansu_binary()
         self._env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV}
@@ -180,6 +189,12 @@ class LocalBroker:
         if self._port is None:
             raise LocalKafkaError("the broker was never started")
         return f"127.0.0.1:{self._port}"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise LocalKafkaError("the broker was never started")
+        return self._port
 
     @property
     def pid(self) -> int | None:
@@ -195,6 +210,7 @@ class LocalBroker:
             self._timeout_s,
             port=self._port,
             storage_engine=self.storage_engine,
+            advertised_port=self.advertised_port,
         )
 
     def stop(self) -> None:
@@ -222,11 +238,13 @@ class LocalBroker:
 
 @contextlib.contextmanager
 def local_broker(
-    storage_engine: str = MEMORY_STORAGE, startup_timeout_s: float = 15.0
+    storage_engine: str = MEMORY_STORAGE,
+    startup_timeout_s: float = 15.0,
+    advertised_port: int | None = None,
 ) -> Iterator[LocalBroker]:
     """A started LocalBroker, stopped on exit (always a local Tansu: a test that stops the
     broker cannot use ``$KAFKA_BOOTSTRAP_SERVERS``)."""
-    broker = LocalBroker(storage_engine, startup_timeout_s)
+    broker = LocalBroker(storage_engine, startup_timeout_s, advertised_port)
     broker.start()
     try:
         yield broker
