@@ -138,7 +138,7 @@ _TRANSIENT: Final = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 _PERMANENT: Final = (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch)
 
 
-class _Secret(Protocol):
+class SecretLike(Protocol):
     """pydantic's ``SecretStr``, or anything else that hides a string until asked."""
 
     def get_secret_value(self) -> str: ...
@@ -506,7 +506,7 @@ class HttpClient:
 
     def __init__(
         self,
-        base_url: str | _Secret,
+        base_url: str | SecretLike,
         *,
         pool_limit: int = 100,
         pool_limit_per_host: int = 0,

@@ -122,7 +122,7 @@ def _scrub(text: str) -> str:
     return text
 
 
-class _ScrubSecrets(logging.Filter):
+class SecretScrubber(logging.Filter):
     """Redact configured credentials from every record of this module's logger, librdkafka's
     own log lines (routed here) included."""
 
@@ -138,7 +138,7 @@ class _ScrubSecrets(logging.Filter):
         return True
 
 
-_log.addFilter(_ScrubSecrets())
+_log.addFilter(SecretScrubber())
 
 # Settings the delivery guarantees of this module rest on; `extra` may not override them.
 _PRODUCER_FIXED = frozenset({"enable.idempotence", "acks", "request.required.acks"})
