@@ -715,6 +715,23 @@ class Producer:
         while len(client) and time.monotonic() < deadline:
             client.poll(0.05)
         client.poll(0)
+        if self.transactional_id is not None:
+            # close() aborts an open transaction without a time limit, and a broker that does
+            # not answer (a fenced producer's abort, say) would hang it for ever: abort here,
+            # bounded, and if that times out leave the client to be destroyed when dropped
+            # (no abort, no flush); the broker aborts the transaction when its timeout passes.
+            try:
+                client.abort_transaction(max(timeout_s, 1.0))
+            except ck.KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, ck.KafkaError) and err.code() == ck.KafkaError._TIMED_OUT:
+                    _log.warning(
+                        "kafka producer %s: its open transaction could not be aborted in "
+                        "%s s; closing without it",
+                        self._name,
+                        max(timeout_s, 1.0),
+                    )
+                    return
         # A fenced or broken transactional producer warns that close() could not abort; the
         # failure was already reported to whoever ran the transaction: log it, no more.
         with warnings.catch_warnings(record=True) as caught:

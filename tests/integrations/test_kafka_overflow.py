@@ -92,7 +92,7 @@ async def test_messages_in_the_overflow_expire_under_the_delivery_timeout() -> N
     assert all(isinstance(r, KafkaError) for r in results), results
     assert {r.code for r in results if isinstance(r, KafkaError)} == {"_MSG_TIMED_OUT"}
     # librdkafka scans for timed-out messages once a second, hence the slack above 0.5 s.
-    assert elapsed < 2.0, f"the last send failed {elapsed:.1f} s after it was made"
+    assert elapsed < 3.0, f"the last send failed {elapsed:.1f} s after it was made"
 
 
 async def test_awaiting_senders_wait_for_room_and_all_get_through(kafka_bootstrap: str) -> None:
@@ -116,7 +116,7 @@ async def test_a_sender_waiting_for_room_gives_up_after_the_delivery_timeout() -
         with pytest.raises(KafkaError) as caught:
             await producer.send("nowhere", b"waits")
         assert caught.value.code == "_MSG_TIMED_OUT"
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 3.0
         await asyncio.gather(*queued, return_exceptions=True)
 
 
