@@ -25,6 +25,7 @@ IMPORT_NAMES = {
     "tenacity": "tenacity",
     "prometheus-client": "prometheus_client",
     "aiohttp": "aiohttp",
+    "yarl": "yarl",
     "limits": "limits",
     "cachetools": "cachetools",
     "confluent-kafka": "confluent_kafka",
