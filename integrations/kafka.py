@@ -187,12 +187,16 @@ class KafkaError(Exception):
         """Describe a librdkafka error (or the KafkaException carrying it) as ``context: why``."""
         err = error.args[0] if isinstance(error, ck.KafkaException) and error.args else error
         if isinstance(err, ck.KafkaError):
-            kind = ProducerFencedError if err.name() in _FENCED and err.fatal() else cls
+            # Fenced is for good, even where librdkafka first reports it as an abortable
+            # transaction error (its local _FENCED, seen from send_offsets_to_transaction).
+            fenced = err.name() in _FENCED
+            kind = ProducerFencedError if fenced else cls
+            why = "fenced by a newer producer with the same transactional_id: " if fenced else ""
             return kind(
-                f"{context}: {err.str()} ({err.name()})",
+                f"{context}: {why}{err.str()} ({err.name()})",
                 code=err.name(),
-                retriable=err.retriable(),
-                fatal=err.fatal(),
+                retriable=err.retriable() and not fenced,
+                fatal=err.fatal() or fenced,
                 txn_requires_abort=err.txn_requires_abort(),
             )
         return cls(f"{context}: {err}")
