@@ -42,7 +42,6 @@ import errno
 import hashlib
 import re
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +51,11 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
+
+from integrations.support import (
+    Backoff,
+    MetricsPerRegistry,
+    call_with_retries,
 )
 
 T = TypeVar("T")
@@ -270,39 +268,33 @@ class DatabaseMetrics:
     retries: Counter
 
 
+def _build_metrics(registry: CollectorRegistry) -> DatabaseMetrics:
+    return DatabaseMetrics(
+        latency=Histogram(
+            "postgres_query_duration_seconds",
+            "Calls by query name, in seconds: waiting for a connection, retries included.",
+            ["database", "query"],
+            registry=registry,
+            buckets=_LATENCY_BUCKETS,
+        ),
+        errors=Counter(
+            "postgres_query_errors_total",
+            "Calls that raised (after any retries), by query name and exception class.",
+            ["database", "query", "error_type"],
+            registry=registry,
+        ),
+        retries=Counter(
+            "postgres_query_retries_total",
+            "Attempts that failed transiently and were retried, by exception class.",
+            ["database", "query", "error_type"],
+            registry=registry,
+        ),
+    )
+
+
 # One set of metrics per registry, shared by the Databases that use it (told apart by their
 # `database` label): prometheus-client refuses to register a metric name twice.
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, DatabaseMetrics] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _metrics_for(registry: CollectorRegistry) -> DatabaseMetrics:
-    metrics = _METRICS.get(registry)
-    if metrics is None:
-        metrics = DatabaseMetrics(
-            latency=Histogram(
-                "postgres_query_duration_seconds",
-                "Calls by query name, in seconds: waiting for a connection, retries included.",
-                ["database", "query"],
-                registry=registry,
-                buckets=_LATENCY_BUCKETS,
-            ),
-            errors=Counter(
-                "postgres_query_errors_total",
-                "Calls that raised (after any retries), by query name and exception class.",
-                ["database", "query", "error_type"],
-                registry=registry,
-            ),
-            retries=Counter(
-                "postgres_query_retries_total",
-                "Attempts that failed transiently and were retried, by exception class.",
-                ["database", "query", "error_type"],
-                registry=registry,
-            ),
-        )
-        _METRICS[registry] = metrics
-    return metrics
+_METRICS = MetricsPerRegistry(_build_metrics)
 
 
 class Database:
@@ -349,8 +341,11 @@ class Database:
         self.retry_attempts = retry_attempts
         self.retry_initial_backoff_s = retry_initial_backoff_s
         self.retry_max_backoff_s = retry_max_backoff_s
+        # Full jitter (a random wait up to the exponential one), so that transactions which
+        # conflicted once do not retry in step and conflict again.
+        self._backoff = Backoff(retry_initial_backoff_s, retry_max_backoff_s, jitter=1.0)
         self._registry = registry if registry is not None else CollectorRegistry()
-        self._metrics = _metrics_for(self._registry)
+        self._metrics = _METRICS.get(self._registry)
         self._latency_by_query: dict[str, Histogram] = {}
         self._pool: asyncpg.Pool | None = None
 
@@ -627,43 +622,19 @@ class Database:
     async def _run(self, query: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """``attempt()`` under the retry policy, timed and counted as ``query``."""
         started = time.perf_counter()
+        retries = self._metrics.retries
+
+        def count_retry(_: int, error: BaseException) -> None:
+            retries.labels(self.name, query, type(error).__name__).inc()
+
         try:
-            # The first attempt runs outside tenacity: most succeed, and a tenacity retryer
-            # costs tens of microseconds to build and drive, a tenth of a one-row transaction.
-            try:
-                return await attempt()
-            except Exception as exc:
-                if self.retry_attempts == 1 or not is_transient(exc):
-                    raise
-                first_error: Exception | None = exc
-            # Only a transient failure gets here; tenacity takes it as its own first attempt.
-            retries = self._metrics.retries
-
-            def count_retry(state: RetryCallState) -> None:
-                error = state.outcome.exception() if state.outcome is not None else None
-                retries.labels(self.name, query, type(error).__name__).inc()
-
-            retrying = AsyncRetrying(
-                stop=stop_after_attempt(self.retry_attempts),
-                # Full jitter (a random wait up to the exponential one), so that transactions
-                # which conflicted once do not retry in step and conflict again.
-                wait=wait_random_exponential(
-                    multiplier=self.retry_initial_backoff_s, max=self.retry_max_backoff_s
-                ),
-                retry=retry_if_exception(is_transient),
-                reraise=True,
-                before_sleep=count_retry,
+            return await call_with_retries(
+                attempt,
+                attempts=self.retry_attempts,
+                retryable=is_transient,
+                backoff=self._backoff,
+                on_retry=count_retry,
             )
-
-            async def again() -> T:
-                # A coroutine function, so tenacity awaits each attempt.
-                nonlocal first_error
-                if first_error is not None:
-                    replayed, first_error = first_error, None
-                    raise replayed
-                return await attempt()
-
-            return await retrying(again)
         except Exception as exc:
             # Only Exception: a cancelled call is not an error of the database.
             self._metrics.errors.labels(self.name, query, type(exc).__name__).inc()
