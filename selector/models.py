@@ -89,12 +89,28 @@ class Domain(BaseModel):
     home_for: tuple[NodeType, ...] = ()
 
 
+# Kit vocabulary lives in the lexicon beside the domains and tiers under this prefix, so a kit
+# named like a domain (kafka, workflow) can still declare tags without sharing its category.
+KIT_CATEGORY_PREFIX = "kit:"
+
+
+def kit_category(kit: str) -> str:
+    """The lexicon category of the tags that ask for ``kit`` directly, e.g. ``kit:outbox``."""
+    return KIT_CATEGORY_PREFIX + kit
+
+
 class IntegrationSpec(BaseModel):
     """One kit of the catalogue: a module integrations/<name>.py and what a node needs to use it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     summary: str
+    # Node types a node may choose this kit for. A kit another kit requires travels with it to
+    # that kit's node types (workflow orchestrators carry postgres) without being listed here.
+    node_types: tuple[NodeType, ...] = Field(min_length=1)
+    # Tags that ask for this kit itself rather than for a domain (entry -> other spellings);
+    # they join the vocabulary, where a spelling belongs to one place only.
+    signals: dict[_Identifier, tuple[_Identifier, ...]] = Field(default_factory=dict)
     # PEP 508 requirements added to the rendered node's dependencies and `dev` extra.
     dependencies: tuple[str, ...] = ()
     dev_dependencies: tuple[str, ...] = ()
@@ -109,6 +125,15 @@ class IntegrationSpec(BaseModel):
     dependency_type: Literal["service", "external"] = "service"
     # Modules the kit imports that ship no type information (mypy overrides in the node).
     untyped_modules: tuple[str, ...] = ()
+    # What the kit brings to a node (selector/plan.py reads these; its code fragments are in
+    # partials/kits/<name>/). Keys of `provides` are node types or "all".
+    # A service of its own: a container in docker-compose and a fixture in the node's tests.
+    service: bool = False
+    # Capabilities shared templates test for, e.g. `state_in_database` for reducers.
+    provides: dict[str, tuple[_Identifier, ...]] = Field(default_factory=dict)
+    # Node types with an example handler (partials/kits/<name>/handlers_<type>.py.jinja and
+    # handler_tests_<type>.py.jinja), each with the example test files that come with it.
+    examples: dict[NodeType, tuple[str, ...]] = Field(default_factory=dict)
 
 
 class VariantSpec(BaseModel):
@@ -181,6 +206,9 @@ class SelectionResult(BaseModel):
     alternatives: Annotated[tuple[RankedVariant, ...], SkipValidation]
     warnings: tuple[str, ...]
     selector_version: str
+    # Kits recommended beside the variant's own, in the order the node lists them
+    # (``selector.kits.effective_kits``); the rationale says why each was added.
+    kits_added: list[str] = Field(default_factory=list)
 
     @field_serializer("alternatives")
     def _alternatives_as_objects(

@@ -9,6 +9,14 @@ The policy (README, "How the selector decides"):
    the domain with the lowest priority number (database, api, kafka, ml, analytics, workflow).
 5. Otherwise by tier: production with 6+ operations or 2+ production-grade tags; minimal with at
    most 2 operations and no production-grade or basic tag; standard otherwise.
+
+Kits recommended beside the variant's own (``kits_added``) never change which variant wins:
+6. When a domain wins, every other signalled domain whose variant's kits support the node type
+   (even if that variant does not) adds those of its kits the winner lacks; a tier wins only
+   when no domain fits, so then no domain adds kits.
+7. A tag that asks for a kit itself (``signals`` in integrations.yaml, e.g. ``outbox``) adds it
+   whatever won, if the kit supports the node type; otherwise it is ignored with a warning.
+8. Every added kit brings the kits it requires; the order is ``selector.kits.effective_kits``'s.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from selector.kits import effective_kits, required_by
 from selector.models import (
+    KIT_CATEGORY_PREFIX,
     NodeType,
     RankedVariant,
     SelectionResult,
@@ -185,6 +195,8 @@ class _Decision:
     rationale: str
     confidence: float
     warnings: tuple[str, ...]
+    kits_added: list[str]
+    kit_reasons: dict[str, str]  # kit -> why it was added, in kits_added order
 
     def ranked(self) -> list[RankedVariant]:
         fits, strengths = self.fits, self.strengths
@@ -216,6 +228,7 @@ def _decide(
     # Domain strengths, keeping only domains whose variant fits this node type.
     strengths: dict[str, int] = {}
     compatible: list[DomainSlot] = []
+    dropped: list[DomainSlot] = []
     for slot in plan.domains:
         entries = ev.by_category.get(slot.domain)
         if slot.supported:
@@ -223,13 +236,12 @@ def _decide(
             if entries:
                 strengths[slot.variant] = len(entries)
         elif entries:
-            warnings.append(
-                f"{slot.domain} tags{_listed(entries)} ignored: {slot.variant} does not "
-                f"support {kind.value} nodes; node type {slot.fits} would fit it"
-            )
+            dropped.append(slot)
     fits = _tier_fits(ev)
     tier_order = sorted(plan.tiers, key=fits.__getitem__, reverse=True)
     order: tuple[DomainSlot | str, ...]
+    winner: DomainSlot | None = None
+    signalled: list[DomainSlot] = []
 
     if strengths:
         # Stable sort: equal strengths keep the plan's tie-break order.
@@ -262,13 +274,102 @@ def _decide(
         chosen = winner.variant
     else:
         chosen = tier_order[0]
-        no_domain = "no domain tag fits" if len(warnings) > len(ev.unknown) else "no domain tag"
+        no_domain = "no domain tag fits" if dropped else "no domain tag"
         rationale = f"{chosen}: {_tier_reason(Tier(chosen), ev)}, and {no_domain}."
         confidence = round(1.0 - max(fits[name] for name in tier_order[1:]) / 2.0, 3)
         order = (*tier_order, *compatible)
+
+    kit_reasons: dict[str, str] = {}
+    asks_for_kits = any(c.startswith(KIT_CATEGORY_PREFIX) for c in ev.by_category)
+    if len(signalled) > 1 or dropped or asks_for_kits:
+        kit_reasons = _recommend_kits(registry, ev, chosen, winner, signalled, dropped, warnings)
+    for slot in dropped:
+        listed = f"{slot.domain} tags{_listed(ev.entries(slot.domain))}"
+        added = [k for k in registry.variants[slot.variant].integrations if k in kit_reasons]
+        if added:
+            warnings.append(
+                f"{listed} add the {', '.join(added)} {'kit' if len(added) == 1 else 'kits'} "
+                f"beside {chosen}; {slot.variant} itself does not support {kind.value} nodes "
+                f"(node type {slot.fits} would fit it)"
+            )
+        else:
+            warnings.append(
+                f"{listed} ignored: {slot.variant} does not support {kind.value} nodes; "
+                f"node type {slot.fits} would fit it"
+            )
+    if kit_reasons:
+        rationale += f" Kits added: {'; '.join(kit_reasons.values())}."
     return _Decision(
-        kind, ev, chosen, order, strengths, fits, rationale, confidence, tuple(warnings)
+        kind,
+        ev,
+        chosen,
+        order,
+        strengths,
+        fits,
+        rationale,
+        confidence,
+        tuple(warnings),
+        list(kit_reasons),
+        kit_reasons,
     )
+
+
+def _recommend_kits(
+    registry: Registry,
+    ev: _Evidence,
+    chosen: str,
+    winner: DomainSlot | None,
+    signalled: list[DomainSlot],
+    dropped: list[DomainSlot],
+    warnings: list[str],
+) -> dict[str, str]:
+    """Kits to add beside ``chosen``'s own (policy steps 6 to 8): kit -> why, in the order
+    the node lists them. Appends a warning for each kit asked for that cannot be added."""
+    kind = ev.node_type
+    own = registry.variants[chosen].integrations
+    kits = registry.integrations
+    why: dict[str, str] = {}
+    if winner is not None:
+        # Strongest first, so a kit two domains bring is credited to the stronger one.
+        others = sorted(
+            (slot for slot in (*signalled, *dropped) if slot is not winner),
+            key=lambda slot: len(ev.entries(slot.domain)),
+            reverse=True,
+        )
+        for slot in others:
+            entries = ev.entries(slot.domain)
+            for kit in registry.variants[slot.variant].integrations:
+                if kind in kits[kit].node_types and kit not in own and kit not in why:
+                    why[kit] = (
+                        f"{kit}: {_plural(len(entries), 'tag')}{_listed(entries)} "
+                        f"beside {winner.domain}"
+                    )
+    for category, entries in ev.by_category.items():
+        if not category.startswith(KIT_CATEGORY_PREFIX):
+            continue
+        kit = category.removeprefix(KIT_CATEGORY_PREFIX)
+        if kind not in kits[kit].node_types:
+            fit = " or ".join(t.value for t in kits[kit].node_types)
+            warnings.append(
+                f"{kit} tags{_listed(entries)} ignored: the {kit} kit does not support "
+                f"{kind.value} nodes; node type {fit} would fit it"
+            )
+        elif kit not in own and kit not in why:
+            asks = "asks" if len(entries) == 1 else "ask"
+            why[kit] = f"{kit}: {_plural(len(entries), 'tag')}{_listed(entries)} {asks} for it"
+    if not why:
+        return {}
+    node_kits = effective_kits(chosen, why, registry=registry)
+    reasons: dict[str, str] = {}
+    for kit in node_kits:
+        if kit in own:
+            continue
+        if kit in why:
+            reasons[kit] = why[kit]
+        else:
+            needing = required_by(kit, [k for k in node_kits if k in why], registry)
+            reasons[kit] = f"{kit}: required by {', '.join(needing)}"
+    return reasons
 
 
 def select(
@@ -294,6 +395,7 @@ def select(
         alternatives=tuple(alternatives),
         warnings=decision.warnings,
         selector_version=SELECTOR_VERSION,
+        kits_added=decision.kits_added,
     )
 
 
@@ -326,6 +428,21 @@ def explain(
             fits = " or ".join(t.value for t in spec.supported_node_types)
             reason = f"does not support {kind.value} nodes (fits {fits})"
             if spec.domain is not None and ev.by_category.get(spec.domain.name):
-                reason += f"; its tags{_listed(ev.entries(spec.domain.name))} were ignored"
+                added = [kit for kit in spec.integrations if kit in decision.kit_reasons]
+                outcome = f"add its kits ({', '.join(added)})" if added else "were ignored"
+                reason += f"; its tags{_listed(ev.entries(spec.domain.name))} {outcome}"
             rows.append((RankedVariant(spec.name, 0.0), reason))
     return result, rows
+
+
+def explain_kits(
+    node_type: NodeType | str,
+    operations: Iterable[str] | str | None = (),
+    features: Iterable[str] | str | None = (),
+    *,
+    registry: Registry | None = None,
+) -> list[tuple[str, str]]:
+    """The kits ``select`` adds beside the variant's own, each with why, in ``kits_added``
+    order."""
+    decision = _decide(registry or default_registry(), node_type, operations, features)
+    return list(decision.kit_reasons.items())

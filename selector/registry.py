@@ -22,6 +22,7 @@ from selector.models import (
     TagCategory,
     Tier,
     VariantSpec,
+    kit_category,
 )
 from selector.vocabulary import Lexicon
 
@@ -75,6 +76,12 @@ class Registry:
                     f"integrations.yaml: {kit_name!r} requires unknown mixins {missing}; "
                     f"known: {', '.join(self.mixins)}"
                 )
+            unknown_needs = [k for k in kit.requires_integrations if k not in self.integrations]
+            if unknown_needs:
+                raise RegistryError(
+                    f"integrations.yaml: {kit_name!r} requires unknown integrations "
+                    f"{unknown_needs}; known: {', '.join(self.integrations)}"
+                )
         self.variants: dict[str, VariantSpec] = {}
         for spec in variants:
             if spec.name in self.variants:
@@ -101,6 +108,22 @@ class Registry:
                 raise RegistryError(
                     f"variant {spec.name!r} must also list the integrations {missing_kits}, "
                     "which its kits import"
+                )
+            # A kit another listed kit requires comes with it whatever the node type.
+            required = {
+                n for k in spec.integrations for n in self.integrations[k].requires_integrations
+            }
+            unfit = [
+                f"{kit} ({kind.value})"
+                for kit in spec.integrations
+                if kit not in required
+                for kind in spec.supported_node_types
+                if kind not in self.integrations[kit].node_types
+            ]
+            if unfit:
+                raise RegistryError(
+                    f"variant {spec.name!r} supports node types its integrations do not: "
+                    f"{', '.join(unfit)} (integrations.yaml: node_types)"
                 )
             self.variants[spec.name] = spec
         missing_tiers = {t.value for t in Tier} - set(self.variants)
@@ -139,6 +162,9 @@ class Registry:
         for spec in self.domains:
             assert spec.domain is not None
             categories[spec.domain.name] = (f"variants/{spec.name}.yaml", spec.signals)
+        for kit_name, kit in self.integrations.items():
+            if kit.signals:
+                categories[kit_category(kit_name)] = ("integrations.yaml", kit.signals)
         try:
             self.lexicon = Lexicon(categories)
         except ValueError as exc:
