@@ -39,7 +39,6 @@ import contextlib
 import hashlib
 import logging
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,10 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from integrations.support import (
+    MetricsPerRegistry,
+)
 
 Array = npt.NDArray[Any]
 
@@ -374,42 +377,35 @@ class InferenceMetrics:
     errors: Counter
 
 
+def _build_metrics(registry: CollectorRegistry) -> InferenceMetrics:
+    return InferenceMetrics(
+        latency=Histogram(
+            "onnx_inference_duration_seconds",
+            "Time of each session.run, in seconds, by call: `run` (whole batches sent by "
+            "the caller) or `predict` (micro-batches of samples).",
+            ["model", "call"],
+            registry=registry,
+            buckets=_LATENCY_BUCKETS,
+        ),
+        batch_size=Histogram(
+            "onnx_inference_batch_size",
+            "Samples per session.run made by predict.",
+            ["model"],
+            registry=registry,
+            buckets=_BATCH_BUCKETS,
+        ),
+        errors=Counter(
+            "onnx_inference_errors_total",
+            "Failed calls by kind: input_mismatch, load, inference, closed, overloaded, timeout.",
+            ["model", "kind"],
+            registry=registry,
+        ),
+    )
+
+
 # One set of metrics per registry, shared by the models that use it (told apart by their
 # `model` label): prometheus-client refuses to register a metric name twice.
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, InferenceMetrics] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _metrics_for(registry: CollectorRegistry) -> InferenceMetrics:
-    metrics = _METRICS.get(registry)
-    if metrics is None:
-        metrics = InferenceMetrics(
-            latency=Histogram(
-                "onnx_inference_duration_seconds",
-                "Time of each session.run, in seconds, by call: `run` (whole batches sent by "
-                "the caller) or `predict` (micro-batches of samples).",
-                ["model", "call"],
-                registry=registry,
-                buckets=_LATENCY_BUCKETS,
-            ),
-            batch_size=Histogram(
-                "onnx_inference_batch_size",
-                "Samples per session.run made by predict.",
-                ["model"],
-                registry=registry,
-                buckets=_BATCH_BUCKETS,
-            ),
-            errors=Counter(
-                "onnx_inference_errors_total",
-                "Failed calls by kind: input_mismatch, load, inference, closed, overloaded, "
-                "timeout.",
-                ["model", "kind"],
-                registry=registry,
-            ),
-        )
-        _METRICS[registry] = metrics
-    return metrics
+_METRICS = MetricsPerRegistry(_build_metrics)
 
 
 _NOT_A_TENSOR = -2  # InputCheck.rank: a sequence or map input, passed through unchecked
@@ -503,7 +499,7 @@ class InferenceModel:
         self.timeout_s = None if timeout_ms is None else timeout_ms / 1000
         self._cache = cache if cache is not None else _DEFAULT_CACHE
         self._registry = registry if registry is not None else CollectorRegistry()
-        metrics = _metrics_for(self._registry)
+        metrics = _METRICS.get(self._registry)
         self._run_latency = metrics.latency.labels(name, "run")
         self._batch_latency = metrics.latency.labels(name, "predict")
         self._batch_sizes = metrics.batch_size.labels(name)

@@ -387,7 +387,7 @@ class Database:
             with contextlib.suppress(Exception):
                 pool.terminate()  # the connections made before the failure
             if isinstance(exc, Exception):
-                _without_secrets(exc, self._secrets, f"database {self.name!r}: opening the pool")
+                self.refuse_secret_leak(exc, "opening the pool")
                 exc.add_note(f"while opening the pool of database {self.name!r}")
             raise
         self._pool = pool
@@ -662,6 +662,11 @@ class Database:
             child = self._latency_by_query[query] = self._metrics.latency.labels(self.name, query)
         return child
 
+    def refuse_secret_leak(self, exc: BaseException, doing: str) -> None:
+        """Raise a plain ``DatabaseError`` (naming this database and ``doing``) instead of
+        ``exc`` when ``exc`` or an exception it chains to mentions the DSN's password."""
+        _without_secrets(exc, self._secrets, f"database {self.name!r}: {doing}")
+
     def _lease(self, query: str) -> ConnectionLease:
         """A pooled connection for one attempt; errors caused by losing it mid-way (asyncpg
         reports those in several ways) come out as ``ConnectionLostError``."""
@@ -696,7 +701,7 @@ class ConnectionLease:
             ) from None
         except Exception as exc:
             # The pool connects here when it holds no live connection to hand out.
-            _without_secrets(exc, database._secrets, f"database {database.name!r}: connecting")
+            database.refuse_secret_leak(exc, "connecting")
             if isinstance(exc, OSError):
                 # Whatever the transport calls it (no socket file, refused, no route, no
                 # name), the server cannot be reached.

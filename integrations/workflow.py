@@ -58,10 +58,10 @@ import hashlib
 import json
 import re
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, cast
 
 import asyncpg
@@ -72,6 +72,10 @@ from statemachine.exceptions import InvalidStateValue, TransitionNotAllowed
 from integrations.postgres import (
     Database,
     PoolExhaustedError,
+)
+from integrations.support import (
+    Backoff,
+    MetricsPerRegistry,
 )
 
 __all__ = [
@@ -89,6 +93,7 @@ __all__ = [
     "RunCapacityError",
     "Step",
     "StepDeferredError",
+    "StepMetrics",
     "WorkflowEngine",
     "WorkflowError",
     "WorkflowFailedError",
@@ -312,6 +317,11 @@ class Step:
             raise ValueError(f"step {self.name!r}: retries must be >= 0, got {self.retries}")
         if self.backoff_s < 0:
             raise ValueError(f"step {self.name!r}: backoff_s must be >= 0, got {self.backoff_s}")
+
+    @property
+    def backoff(self) -> Backoff:
+        """The waits between tries: ``backoff_s``, doubling, without cap or jitter."""
+        return Backoff(initial_s=self.backoff_s)
 
 
 @dataclass(frozen=True)
@@ -669,53 +679,58 @@ class WorkflowMetrics:
     compensations: Counter
 
 
+def _build_metrics(registry: CollectorRegistry) -> WorkflowMetrics:
+    return WorkflowMetrics(
+        transitions=Counter(
+            "workflow_transitions_total",
+            "Lifecycle transitions taken, by event and the state entered.",
+            ["workflow", "event", "state"],
+            registry=registry,
+        ),
+        running=Gauge(
+            "workflow_instances_running",
+            "Instances this process is running now.",
+            ["workflow"],
+            registry=registry,
+        ),
+        step_seconds=Histogram(
+            "workflow_step_duration_seconds",
+            "Step attempts, in seconds, by step and outcome (ok, error).",
+            ["workflow", "step", "outcome"],
+            registry=registry,
+            buckets=_LATENCY_BUCKETS,
+        ),
+        retries=Counter(
+            "workflow_step_retries_total",
+            "Step attempts that were retries of a failed one, by step.",
+            ["workflow", "step"],
+            registry=registry,
+        ),
+        compensations=Counter(
+            "workflow_compensations_total",
+            "Compensation attempts, by step and outcome (ok, error).",
+            ["workflow", "step", "outcome"],
+            registry=registry,
+        ),
+    )
+
+
 # One set per registry, shared by the engines using it (told apart by their `workflow` label).
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, WorkflowMetrics] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _metrics_for(registry: CollectorRegistry) -> WorkflowMetrics:
-    metrics = _METRICS.get(registry)
-    if metrics is None:
-        metrics = WorkflowMetrics(
-            transitions=Counter(
-                "workflow_transitions_total",
-                "Lifecycle transitions taken, by event and the state entered.",
-                ["workflow", "event", "state"],
-                registry=registry,
-            ),
-            running=Gauge(
-                "workflow_instances_running",
-                "Instances this process is running now.",
-                ["workflow"],
-                registry=registry,
-            ),
-            step_seconds=Histogram(
-                "workflow_step_duration_seconds",
-                "Step attempts, in seconds, by step and outcome (ok, error).",
-                ["workflow", "step", "outcome"],
-                registry=registry,
-                buckets=_LATENCY_BUCKETS,
-            ),
-            retries=Counter(
-                "workflow_step_retries_total",
-                "Step attempts that were retries of a failed one, by step.",
-                ["workflow", "step"],
-                registry=registry,
-            ),
-            compensations=Counter(
-                "workflow_compensations_total",
-                "Compensation attempts, by step and outcome (ok, error).",
-                ["workflow", "step", "outcome"],
-                registry=registry,
-            ),
-        )
-        _METRICS[registry] = metrics
-    return metrics
+_METRICS = MetricsPerRegistry(_build_metrics)
 
 
 # --- engine --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """One step's metric children, looked up once: labels() costs a few microseconds a call."""
+
+    attempt_ok: Histogram
+    attempt_error: Histogram
+    retries: Counter
+    compensated_ok: Counter
+    compensated_error: Counter
 
 
 class StepAttemptsFailedError(Exception):
@@ -759,10 +774,10 @@ class WorkflowEngine:
         self.store = store
         self.local_errors = local_errors
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._plan = tuple(steps)
-        self._steps: dict[str, Step] = {}
+        self.plan: tuple[Step | Parallel, ...] = tuple(steps)
+        by_name: dict[str, Step] = {}
         seen: set[str] = set()
-        for item in self._plan:
+        for item in self.plan:
             members = item.steps if isinstance(item, Parallel) else (item,)
             names = [item.name] if isinstance(item, Parallel) else []
             names += [member.name for member in members]
@@ -770,18 +785,24 @@ class WorkflowEngine:
                 if step_name in seen:
                     raise ValueError(f"workflow {name!r}: the name {step_name!r} is used twice")
                 seen.add(step_name)
-            self._steps.update((member.name, member) for member in members)
-        metrics = _metrics_for(self.registry)
+            by_name.update((member.name, member) for member in members)
+        # Every step by name, members of parallel groups included.
+        self.steps: Mapping[str, Step] = MappingProxyType(by_name)
+        metrics = _METRICS.get(self.registry)
         self._metrics = metrics
         self._running = metrics.running.labels(name)
-        # Children looked up once: labels() costs a few microseconds a call.
-        self._step_ok = {s: metrics.step_seconds.labels(name, s, "ok") for s in self._steps}
-        self._step_error = {s: metrics.step_seconds.labels(name, s, "error") for s in self._steps}
-        self._retries = {s: metrics.retries.labels(name, s) for s in self._steps}
-        self._compensated_ok = {s: metrics.compensations.labels(name, s, "ok") for s in self._steps}
-        self._compensated_error = {
-            s: metrics.compensations.labels(name, s, "error") for s in self._steps
-        }
+        self.step_metrics: Mapping[str, StepMetrics] = MappingProxyType(
+            {
+                step: StepMetrics(
+                    attempt_ok=metrics.step_seconds.labels(name, step, "ok"),
+                    attempt_error=metrics.step_seconds.labels(name, step, "error"),
+                    retries=metrics.retries.labels(name, step),
+                    compensated_ok=metrics.compensations.labels(name, step, "ok"),
+                    compensated_error=metrics.compensations.labels(name, step, "error"),
+                )
+                for step in by_name
+            }
+        )
         self._transitions: dict[tuple[str, str], Counter] = {}
 
     async def run(self, instance_id: str, input: Mapping[str, Any]) -> WorkflowResult:
@@ -808,7 +829,7 @@ class WorkflowEngine:
                     f"is not one of {sorted(STATES)}"
                 )
             if created:
-                self._count("start", started)
+                self.count_transition("start", started)
             self._running.inc()
             try:
                 return await InstanceRun(self, instance, lease).drive()
@@ -822,7 +843,8 @@ class WorkflowEngine:
             raise WorkflowError(f"there is no workflow instance {instance_id!r} to resume")
         return await self.run(instance_id, {})
 
-    def _count(self, event: str, state: str) -> None:
+    def count_transition(self, event: str, state: str) -> None:
+        """Count a lifecycle transition taken by ``event`` into ``state``."""
         counter = self._transitions.get((event, state))
         if counter is None:
             counter = self._metrics.transitions.labels(self.name, event, state)
@@ -839,7 +861,7 @@ class InstanceRun:
         self.engine = engine
         self.instance = instance
         self.lease = lease
-        steps = engine._steps
+        steps = engine.steps
         self.done = {n for n in (*instance.completed, *instance.skipped) if n in steps}
         # Parallel members complete concurrently; their writes must land in order.
         self.save_lock = asyncio.Lock()
@@ -847,7 +869,7 @@ class InstanceRun:
     def fire(self, event: str) -> None:
         instance = self.instance
         instance.state = next_state(instance.state, event, instance_id=instance.id)
-        self.engine._count(event, instance.state)
+        self.engine.count_transition(event, instance.state)
 
     async def save(self) -> None:
         async with self.save_lock:
@@ -878,7 +900,7 @@ class InstanceRun:
         raise WorkflowFailedError(self.engine.name, result)
 
     async def run_steps(self) -> None:
-        for item in self.engine._plan:
+        for item in self.engine.plan:
             if isinstance(item, Parallel):
                 await self.run_group(item)
             else:
@@ -924,7 +946,7 @@ class InstanceRun:
         else:
             instance.skipped.append(step.name)
         self.done.add(step.name)
-        if len(self.done) == len(self.engine._steps):
+        if len(self.done) == len(self.engine.steps):
             self.fire("succeed")  # written with the last step: one write fewer
         await self.save()
 
@@ -932,11 +954,12 @@ class InstanceRun:
         """The step's result, after up to ``1 + retries`` attempts (else
         ``StepAttemptsFailedError``)."""
         engine, instance = self.engine, self.instance
+        metrics = engine.step_metrics[step.name]
         attempts = instance.attempts.get(step.name, 0)
         for retry in range(step.retries + 1):
             if retry:
-                engine._retries[step.name].inc()
-                await asyncio.sleep(step.backoff_s * 2 ** (retry - 1))
+                metrics.retries.inc()
+                await asyncio.sleep(step.backoff.delay(retry))
             self.lease.check()
             attempts += 1
             instance.attempts[step.name] = attempts
@@ -944,7 +967,7 @@ class InstanceRun:
             try:
                 result = await step.action(instance.context)
             except Exception as exc:
-                engine._step_error[step.name].observe(time.perf_counter() - started)
+                metrics.attempt_error.observe(time.perf_counter() - started)
                 shortage = _local_shortage(exc, engine.local_errors)
                 if shortage is not None:
                     # Not the step's failure: counting it would end in compensating a run
@@ -954,7 +977,7 @@ class InstanceRun:
                 if retry == step.retries:
                     raise StepAttemptsFailedError(step.name, attempts, exc) from exc
                 continue
-            engine._step_ok[step.name].observe(time.perf_counter() - started)
+            metrics.attempt_ok.observe(time.perf_counter() - started)
             try:
                 _encode(result, f"the result of step {step.name!r}")
             except WorkflowError as exc:  # running it again would return the same
@@ -964,7 +987,7 @@ class InstanceRun:
 
     async def compensate(self) -> None:
         """Undo the completed steps not undone yet, newest first, recording each."""
-        instance, steps = self.instance, self.engine._steps
+        instance, steps = self.instance, self.engine.steps
         undone = set(instance.compensated)
         todo = [
             name
@@ -990,27 +1013,28 @@ class InstanceRun:
 
     async def undo(self, name: str) -> None:
         engine, instance = self.engine, self.instance
-        step = engine._steps.get(name)
+        step = engine.steps.get(name)
         if step is None:  # completed under an older definition of the workflow
             missing = WorkflowError(f"workflow {engine.name!r} has no step {name!r} any more")
             raise StepAttemptsFailedError(name, 0, missing)
         compensate = step.compensate
         assert compensate is not None  # steps without one are not undone
+        metrics = engine.step_metrics[name]
         for retry in range(step.retries + 1):
             if retry:
-                await asyncio.sleep(step.backoff_s * 2 ** (retry - 1))
+                await asyncio.sleep(step.backoff.delay(retry))
             self.lease.check()
             try:
                 await compensate(instance.context)
             except Exception as exc:
-                engine._compensated_error[name].inc()
+                metrics.compensated_error.inc()
                 shortage = _local_shortage(exc, engine.local_errors)
                 if shortage is not None:
                     raise StepDeferredError(instance.id, name, "compensating", shortage) from exc
                 if retry == step.retries:
                     raise StepAttemptsFailedError(name, retry + 1, exc) from exc
                 continue
-            engine._compensated_ok[name].inc()
+            metrics.compensated_ok.inc()
             return
 
 
