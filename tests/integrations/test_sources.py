@@ -43,18 +43,28 @@ def _requirement_modules(requirements: tuple[str, ...]) -> set[str]:
     return {IMPORT_NAMES[n] for n in names if n in IMPORT_NAMES}
 
 
+def kit_sources(kit: str) -> list[Path]:
+    """A kit's modules: integrations/<kit>.py, or those of the package integrations/<kit>/."""
+    module = KITS_DIR / f"{kit}.py"
+    return [module] if module.exists() else sorted((KITS_DIR / kit).glob("*.py"))
+
+
 def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
     return [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
 
 
 def test_every_catalogued_kit_has_a_module() -> None:
     assert KITS
-    assert sorted(p.stem for p in KITS_DIR.glob("*.py") if p.stem != "__init__") == sorted(
-        [*KITS, *(p.stem for p in LOCAL_SERVICES)]
-    )
+    modules = [p.stem for p in KITS_DIR.glob("*.py") if p.stem != "__init__"]
+    packages = [p.parent.name for p in KITS_DIR.glob("*/__init__.py")]
+    assert sorted(modules + packages) == sorted([*KITS, *(p.stem for p in LOCAL_SERVICES)])
 
 
-@pytest.mark.parametrize("path", sorted(KITS_DIR.glob("*.py")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path",
+    sorted([*KITS_DIR.glob("*.py"), *KITS_DIR.glob("*/*.py")]),
+    ids=lambda p: str(p.relative_to(KITS_DIR)),
+)
 def test_module_has_no_jinja_delimiters(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert [d for d in JINJA_DELIMITERS if d in text] == []
@@ -62,11 +72,15 @@ def test_module_has_no_jinja_delimiters(path: Path) -> None:
 
 @pytest.mark.parametrize("kit", KITS)
 def test_kit_imports_only_stdlib_its_dependencies_and_mixins(kit: str) -> None:
-    tree = ast.parse((KITS_DIR / f"{kit}.py").read_text(encoding="utf-8"))
     spec = REGISTRY.integrations[kit]
     allowed = set(sys.stdlib_module_names) | {"__future__"}
     allowed |= _requirement_modules(spec.dependencies)
-    for node in ast.walk(tree):
+    nodes = [
+        node
+        for path in kit_sources(kit)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    for node in nodes:
         if isinstance(node, ast.ImportFrom):
             assert node.level == 0, "relative imports do not survive the copy"
             assert node.module is not None
@@ -74,7 +88,8 @@ def test_kit_imports_only_stdlib_its_dependencies_and_mixins(kit: str) -> None:
                 assert node.module.split(".")[1] in spec.requires_mixins
                 continue
             if node.module.startswith("integrations."):
-                assert node.module.split(".")[1] in spec.requires_integrations
+                # A package kit's modules import each other.
+                assert node.module.split(".")[1] in {kit, *spec.requires_integrations}
                 continue
             assert node.module.split(".")[0] in allowed, node.module
         elif isinstance(node, ast.Import):
@@ -86,8 +101,8 @@ def test_kit_imports_only_stdlib_its_dependencies_and_mixins(kit: str) -> None:
 def test_rewritten_imports_are_one_name_per_line(kit: str) -> None:
     """The copy rewrites `from mixins.` and `from integrations.` to the node's package: with a
     50-character node name only the exploded form is what ruff format would write."""
-    text = (KITS_DIR / f"{kit}.py").read_text(encoding="utf-8")
-    for line in text.splitlines():
+    lines = [ln for p in kit_sources(kit) for ln in p.read_text(encoding="utf-8").splitlines()]
+    for line in lines:
         if line.startswith(("from mixins.", "from integrations.")):
             assert line.endswith("import ("), line
 
