@@ -6,26 +6,28 @@ import contextlib
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from types import ModuleType, SimpleNamespace
 
 from jinja2 import Environment, FileSystemBytecodeCache
 from jinja2.ext import Extension
 
 _TEMPLATE_ROOT = str(Path(__file__).resolve().parent.parent)
+# Packages of this checkout that templates reach (through the modules below).
+_OWN_PACKAGES = ("selector", "extensions")
 
 
-def _fresh_selector() -> Any:
-    """Import ``selector`` from this template checkout.
+def _fresh(module: str) -> ModuleType:
+    """Import ``module`` from this template checkout.
 
     ``copier update`` renders the old and the new template version in one process; without
     dropping the already-imported modules, the new version would run the old selector.
     """
-    for name in [m for m in sys.modules if m == "selector" or m.startswith("selector.")]:
+    for name in [m for m in sys.modules if m.split(".")[0] in _OWN_PACKAGES]:
         del sys.modules[name]
     if _TEMPLATE_ROOT in sys.path:
         sys.path.remove(_TEMPLATE_ROOT)
     sys.path.insert(0, _TEMPLATE_ROOT)
-    return importlib.import_module("selector.questionnaire")
+    return importlib.import_module(module)
 
 
 class _CompiledTemplates(FileSystemBytecodeCache):
@@ -43,7 +45,8 @@ class _CompiledTemplates(FileSystemBytecodeCache):
 
 
 class SelectorExtension(Extension):
-    """Adds ``onex_*`` globals and filters backed by ``selector``."""
+    """Adds the ``onex`` namespace (questionnaire, validators, derived answers) and the
+    literal filters."""
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
@@ -56,31 +59,30 @@ class SelectorExtension(Extension):
                 environment.bytecode_cache = _CompiledTemplates(
                     pattern="__onex_node_template_%s.cache"
                 )
-        questionnaire = _fresh_selector()
+        questionnaire = _fresh("extensions.questionnaire")
+        literals = importlib.import_module("extensions.literals")
         validation = importlib.import_module("selector.validation")
-        version = importlib.import_module("selector.version").SELECTOR_VERSION
-        literals = importlib.import_module("selector.literals")
         environment.filters.update(
             python_str=literals.python_str,
             toml_str=literals.toml_str,
             yaml_str=literals.yaml_str,
         )
-        environment.globals.update(
-            onex_recommend=questionnaire.recommend,
-            onex_variant_choices=questionnaire.variant_choices,
-            onex_variant_help=questionnaire.variant_help,
-            onex_suggested_mixins=questionnaire.suggested_mixins,
-            onex_mixin_choices=questionnaire.mixin_choices,
-            onex_effective_mixins=questionnaire.effective_mixins,
-            onex_mixin_delta_help=questionnaire.mixin_delta_help,
-            onex_vocabulary_help=questionnaire.vocabulary_help,
-            onex_variant_spec=questionnaire.variant_spec,
-            onex_integrations=questionnaire.integrations,
-            onex_node_type_name=questionnaire.onex_node_type,
-            onex_node_name_problem=validation.node_name_problem,
-            onex_operations_problem=validation.operations_problem,
-            onex_features_problem=validation.features_problem,
-            onex_mixins_problem=validation.mixins_problem,
-            onex_mixin_delta_problem=validation.mixin_delta_problem,
-            onex_selector_version=version,
+        environment.globals["onex"] = SimpleNamespace(
+            recommend=questionnaire.recommend,
+            variant_choices=questionnaire.variant_choices,
+            variant_help=questionnaire.variant_help,
+            variant_spec=questionnaire.variant_spec,
+            mixin_choices=questionnaire.mixin_choices,
+            mixin_delta_help=questionnaire.mixin_delta_help,
+            effective_mixins=questionnaire.effective_mixins,
+            vocabulary_help=questionnaire.vocabulary_help,
+            effective_kits=questionnaire.effective_kits,
+            kit_specs=questionnaire.kit_specs,
+            node_plan=questionnaire.node_plan,
+            node_type_name=questionnaire.onex_node_type,
+            node_name_problem=validation.node_name_problem,
+            operations_problem=validation.operations_problem,
+            features_problem=validation.features_problem,
+            mixin_delta_problem=validation.mixin_delta_problem,
+            selector_version=importlib.import_module("selector.version").SELECTOR_VERSION,
         )

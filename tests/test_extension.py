@@ -41,7 +41,16 @@ def test_the_extension_keeps_compiled_templates_unless_a_cache_is_configured(
 ) -> None:
     env = Environment(extensions=[SelectorExtension])
     assert isinstance(env.bytecode_cache, _CompiledTemplates)
-    assert "onex_recommend" in env.globals
+    assert env.globals["onex"].recommend("effect", ["add"], ["postgres"]).variant == "database_heavy"
     mine = _CompiledTemplates(str(tmp_path))
     configured = Environment(bytecode_cache=mine, extensions=[SelectorExtension])
     assert configured.bytecode_cache is mine
+
+
+def test_templates_reach_the_selector_through_one_namespace() -> None:
+    env = Environment(extensions=[SelectorExtension])
+    assert not [name for name in env.globals if name.startswith("onex_")]
+    rendered = env.from_string(
+        "{{ onex.effective_kits('workflow') | join(',') }}|{{ 'x' | python_str }}"
+    ).render()
+    assert rendered == 'postgres,workflow|"x"'

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selector.literals import python_str, toml_str, yaml_str
+from extensions.literals import python_str, toml_str, yaml_str
 
 # Any text a person can type or paste: every code point but lone surrogates, which cannot be
 # encoded in a file at all.

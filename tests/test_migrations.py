@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from migrations.mixins_to_deltas import migrate
-from selector.questionnaire import effective_mixins
+from extensions.questionnaire import effective_mixins
 from selector.validation import mixin_delta_problem
 
 STANDARD = ["structured_logging", "metrics", "health"]

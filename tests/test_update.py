@@ -310,8 +310,8 @@ OLD_MIXINS_QUESTION = """mixins:
   type: str
   multiselect: true
   help: Mixins to include (defaults to the chosen variant's suggestions)
-  default: "{{ onex_suggested_mixins(variant) }}"
-  choices: "{{ onex_mixin_choices() }}"
+  default: "{{ onex.variant_spec(variant).mixins | tojson }}"
+  choices: "{{ onex.mixin_choices() }}"
 
 """
 

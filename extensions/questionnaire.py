@@ -1,7 +1,7 @@
-"""What the Copier questionnaire shows, computed from the registry and the policy.
+"""What the Copier questionnaire shows and the derived answers, computed from the selector.
 
-Returns plain strings (YAML where Copier parses YAML) so that the Jinja adapter in
-``extensions/`` only forwards calls.
+The Copier-facing side of ``selector``: returns plain strings (YAML where Copier parses YAML)
+and plain data, so that the Jinja extension beside it only forwards calls.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from selector.models import NodeType, SelectionResult
+from selector.plan import plan_node
 from selector.policy import select
 from selector.registry import Registry, default_registry
 from selector.validation import operations_problem, variant_problem
@@ -50,12 +51,6 @@ def variant_help(result: SelectionResult) -> str:
     ]
     lines += [f"Note: {warning}" for warning in result.warnings]
     return "\n".join(lines)
-
-
-def suggested_mixins(variant: str, registry: Registry | None = None) -> str:
-    registry = registry or default_registry()
-    spec = registry.variants.get(variant)
-    return _dump(list(spec.mixins) if spec else [])
 
 
 def effective_mixins(
@@ -111,10 +106,24 @@ def variant_spec(variant: str, registry: Registry | None = None) -> dict[str, An
     return registry.get(variant).model_dump(mode="json")
 
 
-def integrations(variant: str, registry: Registry | None = None) -> list[dict[str, Any]]:
-    """The variant's integration kits as plain data (``name`` plus the catalogue entry)."""
+def kit_specs(kits: Iterable[str], registry: Registry | None = None) -> list[dict[str, Any]]:
+    """The catalogue entries of ``kits`` as plain data, each with its ``name``."""
     registry = registry or default_registry()
-    return [
-        {"name": kit, **registry.integrations[kit].model_dump(mode="json")}
-        for kit in registry.get(variant).integrations
-    ]
+    return [{"name": kit, **registry.integrations[kit].model_dump(mode="json")} for kit in kits]
+
+
+def effective_kits(variant: str, registry: Registry | None = None) -> list[str]:
+    """The node's kits: for now exactly its variant's own."""
+    registry = registry or default_registry()
+    spec = registry.variants.get(variant)
+    return list(spec.integrations) if spec else []
+
+
+def node_plan(
+    node_type: str, variant: str, kits: Any, registry: Registry | None = None
+) -> dict[str, Any]:
+    """What the kits bring to this node (see ``selector.plan``), as plain data."""
+    registry = registry or default_registry()
+    spec = registry.variants.get(variant)
+    own = spec.integrations if spec else ()
+    return plan_node(node_type, list(kits or ()), own, registry).model_dump(mode="json")
