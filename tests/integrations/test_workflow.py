@@ -292,6 +292,39 @@ async def test_failing_step_is_retried_with_backoff_and_completes(store: Workflo
     assert loaded.attempts == {"call": 3}
 
 
+def test_step_waits_double_from_backoff_s_without_cap_or_jitter() -> None:
+    async def noop(context: Context) -> None:
+        return None
+
+    step = Step("call", noop, retries=20, backoff_s=0.05)
+    assert [step.backoff.delay(n) for n in (1, 2, 3, 12)] == pytest.approx(
+        [0.05, 0.1, 0.2, 0.05 * 2**11]
+    )
+    assert Step("now", noop, retries=3, backoff_s=0).backoff.delay(3) == 0
+
+
+def test_engine_exposes_its_plan_steps_and_step_metrics_read_only() -> None:
+    # No server: the engine only reads its store when it runs.
+    unused = "postgresql://postgres@127.0.0.1:1/postgres"
+    store = WorkflowStore(Database(unused), locks=Database(unused))
+    first = Step("first", action([], "first"))
+    left, right = Step("left", action([], "left")), Step("right", action([], "right"))
+    registry = CollectorRegistry()
+    engine = WorkflowEngine(
+        "shape", [first, Parallel("both", (left, right))], store, registry=registry
+    )
+    assert engine.plan == (first, Parallel("both", (left, right)))
+    assert dict(engine.steps) == {"first": first, "left": left, "right": right}
+    assert set(engine.step_metrics) == {"first", "left", "right"}
+    with pytest.raises(TypeError):
+        engine.steps["other"] = first  # type: ignore[index]
+    engine.step_metrics["left"].retries.inc()
+    engine.count_transition("start", "running")
+    assert sample(registry, "workflow_step_retries_total", workflow="shape", step="left") == 1
+    labels = {"workflow": "shape", "event": "start", "state": "running"}
+    assert sample(registry, "workflow_transitions_total", **labels) == 1
+
+
 # --- saga ----------------------------------------------------------------------------------------
 
 
