@@ -24,7 +24,9 @@ class RetryPolicy:
     """How often and how patiently to retry a call that failed with a transient error.
 
     The n-th wait is ``min(initial_backoff_s * 2**(n-1), max_backoff_s)`` plus a random
-    ``0..jitter_s``.
+    ``0..jitter_s``: the policy the kits compute with ``integrations.support.Backoff`` (a test
+    holds the two equal), spelled with tenacity here because a node may carry this mixin
+    without any kit.
     """
 
     attempts: int = 3
@@ -49,8 +51,8 @@ class RetryPolicy:
         """Call ``fn`` until it succeeds, a non-retryable error occurs, or attempts run out;
         then re-raise the last error."""
         # The first attempt runs outside tenacity: most calls succeed at once, and a tenacity
-        # retryer costs tens of microseconds to build and drive. Only a retryable failure
-        # pays for it, and tenacity then sees that failure as its own first attempt.
+        # retryer is costly to build and drive. Only a retryable failure pays for it, and
+        # tenacity then sees that failure as its own first attempt.
         try:
             return await fn()
         except self.retry_on as error:

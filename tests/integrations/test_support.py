@@ -24,6 +24,7 @@ from integrations.support import (
     call_with_retries,
 )
 from mixins.retry import RetryPolicy
+from tests.mixins.support import Flaky, Sleeps
 
 # --- metrics per registry ------------------------------------------------------------------------
 
@@ -152,30 +153,6 @@ def test_backoff_is_validated() -> None:
         Backoff(initial_s=1, jitter=1.5)
     with pytest.raises(ValueError, match="numbered from 1"):
         Backoff(initial_s=1).delay(0)
-
-
-class Sleeps:
-    """Records the waits instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
-class Flaky:
-    """Raises the given errors in turn, then returns "done"."""
-
-    def __init__(self, *errors: BaseException) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "done"
 
 
 async def test_the_retry_mixin_waits_as_backoff_computes() -> None:

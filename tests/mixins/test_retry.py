@@ -7,30 +7,7 @@ import dataclasses
 import pytest
 
 from mixins.retry import RetryPolicy
-
-
-class Sleeps:
-    """Records the waits instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
-class Flaky:
-    """Raises the given errors in turn, then returns "done"."""
-
-    def __init__(self, *errors: BaseException) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "done"
+from tests.mixins.support import Flaky, Sleeps
 
 
 async def test_stops_after_the_configured_attempts_and_re_raises_the_last_error() -> None:
