@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from selector.models import NodeType, RankedVariant, SelectionResult
-from selector.policy import explain, select
+from selector.policy import explain, explain_kits, select
 from selector.registry import default_registry
 
 
@@ -45,7 +45,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--batch",
         type=Path,
         metavar="CASES.jsonl",
-        help="one JSON object a line (id, node_type, operations, features); prints one a line",
+        help=(
+            "one JSON object a line (id, node_type, operations, features); prints one a line "
+            "(id, variant, confidence, rationale, warnings, kits_added)"
+        ),
     )
 
     explain = commands.add_parser("explain", help="show every compatible variant, ranked")
@@ -77,6 +80,7 @@ def _batch(path: Path, out: TextIO, err: TextIO) -> int:
                 "confidence": result.confidence,
                 "rationale": result.rationale,
                 "warnings": list(result.warnings),
+                "kits_added": result.kits_added,
             }
             print(json.dumps(record), file=out)
     return 1 if failures else 0
@@ -84,13 +88,18 @@ def _batch(path: Path, out: TextIO, err: TextIO) -> int:
 
 def _print_result(result: SelectionResult, console: Console) -> None:
     console.print(f"[bold]{result.variant}[/bold] (confidence {result.confidence:.2f})")
+    if result.kits_added:
+        console.print(f"kits added: {', '.join(result.kits_added)}", highlight=False)
     console.print(result.rationale, highlight=False)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
 def _explain(
-    result: SelectionResult, rows: list[tuple[RankedVariant, str]], console: Console
+    result: SelectionResult,
+    rows: list[tuple[RankedVariant, str]],
+    kits: list[tuple[str, str]],
+    console: Console,
 ) -> None:
     kind = result.node_type.value
     article = "an" if kind[0] in "aeiou" else "a"
@@ -107,6 +116,13 @@ def _explain(
         style = "bold green" if alt.variant == result.variant else ""
         table.add_row(str(rank), alt.variant, f"{alt.score:.2f}", reason, style=style)
     console.print(table)
+    if kits:
+        added = Table(title=f"Kits added beside {result.variant}'s own")
+        added.add_column("kit")
+        added.add_column("why")
+        for kit, why in kits:
+            added.add_row(kit, why.removeprefix(f"{kit}: "))
+        console.print(added)
     _print_result(result, console)
 
 
@@ -139,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "explain":
         result, rows = explain(args.node_type, args.operations, args.features)
-        _explain(result, rows, console)
+        kits = explain_kits(args.node_type, args.operations, args.features)
+        _explain(result, rows, kits, console)
         return 0
     result = select(args.node_type, args.operations, args.features)
     if args.json:

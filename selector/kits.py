@@ -13,35 +13,24 @@ from collections.abc import Iterable
 from selector.registry import Registry, default_registry
 
 
-def with_requirements(kits: Iterable[str], registry: Registry | None = None) -> list[str]:
-    """``kits`` in their order, each preceded by the kits it requires (transitively) unless they
-    already came earlier. Raises ``ValueError`` on a name the catalogue does not know."""
+def requirements(kit: str, registry: Registry | None = None) -> set[str]:
+    """Every kit ``kit`` requires, directly or through another kit (``kit`` itself excluded).
+    Raises ``ValueError`` on a name the catalogue does not know."""
     registry = registry or default_registry()
-    ordered: list[str] = []
-    placed: set[str] = set()
-    # Depth-first with an explicit stack, so a cycle in the catalogue cannot recurse for ever.
-    for kit in kits:
-        stack: list[tuple[str, bool]] = [(kit, False)]
-        visiting: set[str] = set()
-        while stack:
-            name, expanded = stack.pop()
-            if name in placed:
-                continue
-            if expanded:
-                placed.add(name)
-                ordered.append(name)
-                continue
-            if name in visiting:
-                continue
-            spec = registry.integrations.get(name)
-            if spec is None:
-                raise ValueError(
-                    f"unknown kit {name!r}; known kits: {', '.join(registry.integrations)}"
-                )
-            visiting.add(name)
-            stack.append((name, True))
-            stack.extend((needed, False) for needed in reversed(spec.requires_integrations))
-    return ordered
+    found: set[str] = set()
+    pending = [kit]
+    while pending:
+        name = pending.pop()
+        spec = registry.integrations.get(name)
+        if spec is None:
+            raise ValueError(
+                f"unknown kit {name!r}; known kits: {', '.join(registry.integrations)}"
+            )
+        for needed in spec.requires_integrations:
+            if needed not in found and needed != kit:
+                found.add(needed)
+                pending.append(needed)
+    return found
 
 
 def effective_kits(
@@ -51,11 +40,11 @@ def effective_kits(
     *,
     registry: Registry | None = None,
 ) -> list[str]:
-    """The node's kits: the variant's own in its order minus ``kits_removed``, then
-    ``kits_added`` in catalogue order (so the answer's order does not matter), each kit preceded
-    by the kits it requires. A removed kit that a kept kit requires stays (``kit_delta_problem``
-    refuses such an answer). Raises ``KeyError`` for an unknown variant, ``ValueError`` for an
-    unknown kit."""
+    """The node's kits: the variant's own minus ``kits_removed``, plus ``kits_added``, plus every
+    kit those require, in catalogue order (integrations.yaml, where a kit's requirements come
+    before it), so neither the answers' order nor the variant changes a kit's place. A removed
+    kit that a kept kit requires stays (``kit_delta_problem`` refuses such an answer). Raises
+    ``KeyError`` for an unknown variant, ``ValueError`` for an unknown kit."""
     registry = registry or default_registry()
     own = registry.get(variant).integrations
     added = set(kits_added)
@@ -63,20 +52,26 @@ def effective_kits(
     unknown = sorted((added | removed) - set(registry.integrations))
     if unknown:
         raise ValueError(f"unknown kits {unknown}; known kits: {', '.join(registry.integrations)}")
-    kept = [kit for kit in own if kit not in removed]
-    kept += [kit for kit in registry.integrations if kit in added and kit not in kept]
-    return with_requirements(kept, registry)
+    kept = {kit for kit in own if kit not in removed} | added
+    for kit in list(kept):
+        kept |= requirements(kit, registry)
+    return [kit for kit in registry.integrations if kit in kept]
 
 
 def required_by(kit: str, kits: Iterable[str], registry: Registry | None = None) -> list[str]:
     """Which of ``kits`` need ``kit`` (directly or through another kit), in their order."""
     registry = registry or default_registry()
-    return [
-        other for other in kits if other != kit and kit in with_requirements([other], registry)[:-1]
-    ]
+    return [other for other in kits if kit in requirements(other, registry)]
 
 
 def kits_for(node_type: str, registry: Registry | None = None) -> list[str]:
     """The kits a node of ``node_type`` may choose, in catalogue order."""
     registry = registry or default_registry()
     return [name for name, spec in registry.integrations.items() if node_type in spec.node_types]
+
+
+def required_mixins(kits: Iterable[str], registry: Registry | None = None) -> tuple[str, ...]:
+    """Mixins ``kits`` import, in mixin-catalogue order: a node with these kits must keep them."""
+    registry = registry or default_registry()
+    needed = {m for kit in kits for m in registry.integrations[kit].requires_mixins}
+    return tuple(m for m in registry.mixins if m in needed)

@@ -420,6 +420,10 @@ def explain(
             reason = f"{_plural(strength, item.domain + ' tag')}{_listed(ev.entries(item.domain))}"
             if item.home:
                 reason += f"; home domain of {kind.value} nodes"
+            own = registry.variants[item.variant].integrations
+            added = [kit for kit in own if kit in decision.kit_reasons]
+            if added and item.variant != decision.chosen:
+                reason += f"; adds its kits ({', '.join(added)}) beside {decision.chosen}"
         else:
             reason = f"no {item.domain} tags"
         rows.append((ranked, reason))

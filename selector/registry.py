@@ -76,11 +76,13 @@ class Registry:
                     f"integrations.yaml: {kit_name!r} requires unknown mixins {missing}; "
                     f"known: {', '.join(self.mixins)}"
                 )
-            unknown_needs = [k for k in kit.requires_integrations if k not in self.integrations]
-            if unknown_needs:
+            # Catalogue order is the order of a node's kits: what a kit needs is opened first.
+            earlier = list(self.integrations)[: list(self.integrations).index(kit_name)]
+            misplaced = [k for k in kit.requires_integrations if k not in earlier]
+            if misplaced:
                 raise RegistryError(
-                    f"integrations.yaml: {kit_name!r} requires unknown integrations "
-                    f"{unknown_needs}; known: {', '.join(self.integrations)}"
+                    f"integrations.yaml: {kit_name!r} requires {misplaced}, which must be "
+                    f"catalogue entries listed before it; known: {', '.join(self.integrations)}"
                 )
         self.variants: dict[str, VariantSpec] = {}
         for spec in variants:

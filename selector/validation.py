@@ -9,6 +9,7 @@ import re
 import sys
 from collections.abc import Iterable
 
+from selector.kits import kits_for, required_by, required_mixins
 from selector.models import NodeType
 from selector.registry import Registry, default_registry
 
@@ -107,7 +108,7 @@ def variant_problem(variant: object, node_type: object, registry: Registry | Non
     compatible = [spec.name for spec in registry.compatible(kind)]
     if variant not in registry.variants:
         return (
-            f"variant {variant!r} is unknown; for a {kind.value} node choose one of: "
+            f"variant {variant!r} is unknown; for {_a(kind.value)} node choose one of: "
             + ", ".join(compatible)
         )
     if variant not in compatible:
@@ -115,16 +116,20 @@ def variant_problem(variant: object, node_type: object, registry: Registry | Non
         fits = ", ".join(t.value for t in spec.supported_node_types)
         return (
             f"variant {variant!r} does not support {kind.value} nodes (it supports {fits}); "
-            f"for a {kind.value} node choose one of: {', '.join(compatible)}"
+            f"for {_a(kind.value)} node choose one of: {', '.join(compatible)}"
         )
     return ""
 
 
 def mixins_problem(
-    value: object, variant: str | None = None, registry: Registry | None = None
+    value: object,
+    variant: str | None = None,
+    registry: Registry | None = None,
+    *,
+    kits: Iterable[str] | None = None,
 ) -> str:
-    """Why ``value`` is not a list of known mixins (keeping those the variant's kits import),
-    or ``""``."""
+    """Why ``value`` is not a list of known mixins (keeping those the node's kits import: ``kits``,
+    by default the variant's own), or ``""``."""
     registry = registry or default_registry()
     allowed = list(registry.mixins)
     if value is None:
@@ -136,27 +141,26 @@ def mixins_problem(
         if name not in allowed:
             return f"mixins: {name!r} is not a mixin; choose from: {', '.join(allowed)}"
     if variant in registry.variants:
-        missing = [m for m in registry.required_mixins(variant) if m not in chosen]
+        node_kits = _node_kits(str(variant), kits, registry)
+        missing = [m for m in required_mixins(node_kits, registry) if m not in chosen]
         if missing:
-            kits = ", ".join(registry.get(variant).integrations)
             return (
-                f"mixins: the {variant} variant's {kits} kit needs {', '.join(missing)}; "
+                f"mixins: {_kits_owner(variant, kits, node_kits)} {', '.join(missing)}; "
                 "keep it selected or choose another variant"
             )
-    return ""
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        return f"mixins must be a list drawn from: {', '.join(allowed)}"
-    for name in value:
-        if name not in allowed:
-            return f"mixins: {name!r} is not a mixin; choose from: {', '.join(allowed)}"
     return ""
 
 
 def mixin_delta_problem(
-    value: object, question: str, variant: str | None = None, registry: Registry | None = None
+    value: object,
+    question: str,
+    variant: str | None = None,
+    registry: Registry | None = None,
+    *,
+    kits: Iterable[str] | None = None,
 ) -> str:
     """Why a `mixins_added` / `mixins_removed` answer is unusable, or ``""``: unknown names, or a
-    removal of a mixin the variant's integration kit imports."""
+    removal of a mixin the node's kits import (``kits``, by default the variant's own)."""
     registry = registry or default_registry()
     allowed = list(registry.mixins)
     if value is None:
@@ -168,11 +172,106 @@ def mixin_delta_problem(
         if name not in allowed:
             return f"{question}: {name!r} is not a mixin; choose from: {', '.join(allowed)}"
     if question == "mixins_removed" and variant in registry.variants:
-        needed = [m for m in registry.required_mixins(variant) if m in chosen]
+        node_kits = _node_kits(variant, kits, registry)
+        needed = [m for m in required_mixins(node_kits, registry) if m in chosen]
         if needed:
-            kits = ", ".join(registry.get(variant).integrations)
             return (
-                f"mixins_removed: the {variant} variant's {kits} kit needs "
-                f"{', '.join(needed)}; keep it or choose another variant"
+                f"mixins_removed: {_kits_owner(variant, kits, node_kits)} {', '.join(needed)}; "
+                "keep it or choose another variant"
             )
     return ""
+
+
+def _node_kits(variant: str, kits: Iterable[str] | None, registry: Registry) -> list[str]:
+    if kits is None:
+        return list(registry.get(variant).integrations)
+    return [kit for kit in kits if kit in registry.integrations]
+
+
+def _kits_owner(variant: str, kits: Iterable[str] | None, node_kits: list[str]) -> str:
+    if kits is None:
+        return f"the {variant} variant's {', '.join(node_kits)} kit needs"
+    return f"the node's kits ({', '.join(node_kits)}) need"
+
+
+KIT_QUESTIONS = ("kits_added", "kits_removed")
+
+
+def kit_delta_problem(
+    value: object,
+    question: str,
+    variant: object,
+    node_type: object,
+    registry: Registry | None = None,
+    *,
+    kits_added: Iterable[str] = (),
+) -> str:
+    """Why a ``kits_added`` / ``kits_removed`` answer is unusable, or ``""``.
+
+    Both are changes to the variant's own kit list. An addition must be a kit the variant lacks
+    that supports the node type; a removal must be one of the variant's kits that no kept kit
+    requires (``kits_added``, the other answer, counts as kept when checking removals).
+    """
+    if question not in KIT_QUESTIONS:
+        raise ValueError(f"question must be one of {KIT_QUESTIONS}, not {question!r}")
+    registry = registry or default_registry()
+    problem = variant_problem(variant, node_type, registry)
+    if problem:
+        return problem
+    kind = NodeType(str(node_type))
+    own = registry.get(str(variant)).integrations
+    addable = [kit for kit in kits_for(kind, registry) if kit not in own]
+    accepted = (
+        f"for {_a(kind.value)} node with the {variant} variant add one of: "
+        f"{', '.join(addable) or 'none'}"
+        if question == "kits_added"
+        else f"the {variant} variant's kits are: {', '.join(own) or 'none'}"
+    )
+    if value is None:
+        return ""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return f"{question} must be a list of kits, e.g. [kafka]; {accepted}"
+    chosen = list(value)
+    seen: set[str] = set()
+    for kit in chosen:
+        if not isinstance(kit, str) or kit not in registry.integrations:
+            return f"{question}: {kit!r} is not a kit; {accepted}"
+        if kit in seen:
+            return f"{question}: {kit!r} is listed twice"
+        seen.add(kit)
+    if question == "kits_added":
+        for kit in chosen:
+            if kit in own:
+                return f"kits_added: the {variant} variant already has the {kit} kit; {accepted}"
+            spec = registry.integrations[kit]
+            if kind not in spec.node_types:
+                fits = ", ".join(t.value for t in spec.node_types)
+                comes_with = required_by(kit, addable, registry)
+                also = (
+                    f"; on {kind.value} nodes it comes with {' or '.join(comes_with)}"
+                    if comes_with
+                    else ""
+                )
+                return (
+                    f"kits_added: the {kit} kit does not support {kind.value} nodes "
+                    f"(it supports {fits}{also}); {accepted}"
+                )
+        return ""
+    for kit in chosen:
+        if kit not in own:
+            return f"kits_removed: the {variant} variant has no {kit} kit; {accepted}"
+    added = [k for k in kits_added if k in registry.integrations] if kits_added else []
+    kept = [k for k in (*own, *added) if k not in seen]
+    for kit in chosen:
+        needing = required_by(kit, kept, registry)
+        if needing:
+            return (
+                f"kits_removed: {kit} is needed by the {', '.join(needing)} "
+                f"{'kit' if len(needing) == 1 else 'kits'}, which the node keeps; "
+                f"keep {kit} or remove {', '.join(needing)} as well"
+            )
+    return ""
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"

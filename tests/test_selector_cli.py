@@ -44,7 +44,20 @@ def test_batch_reads_and_writes_one_json_object_a_line(tmp_path: Path) -> None:
     expected = [json.loads(line) for line in CASES_IN_REPO.read_text().splitlines() if line.strip()]
     assert [line["id"] for line in lines] == [case["id"] for case in expected]
     assert [line["variant"] for line in lines] == [case["expected"] for case in expected]
-    assert set(lines[0]) == {"id", "variant", "confidence", "rationale", "warnings"}
+    assert set(lines[0]) == {"id", "variant", "confidence", "rationale", "warnings", "kits_added"}
+    assert all(line["kits_added"] == [] for line in lines if line["id"] == "s01")
+
+
+def test_batch_and_json_carry_the_kits_added(tmp_path: Path) -> None:
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(
+        '{"id": "pair", "node_type": "effect", "features": ["postgres", "kafka_producer"]}\n'
+    )
+    out = run("select", "--batch", str(cases))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["kits_added"] == ["kafka"]
+    out = run("select", "--node-type", "effect", "--features", "postgres,kafka_producer", "--json")
+    assert json.loads(out.stdout)["kits_added"] == ["kafka"]
 
 
 def test_batch_reports_bad_lines_and_keeps_going(tmp_path: Path) -> None:
@@ -86,3 +99,45 @@ def test_select_without_node_type_is_an_error() -> None:
     out = run("select", "--features", "x")
     assert out.returncode == 2
     assert "--node-type is required" in out.stderr
+
+
+def test_select_names_the_kits_it_adds() -> None:
+    out = run("select", "--node-type", "effect", "--features", "postgres,kafka_producer,outbox")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("database_heavy (confidence ")
+    assert lines[1] == "kits added: kafka, outbox"
+    assert "kafka: 1 tag (kafka_producer) beside database" in out.stdout
+
+
+def test_explain_shows_each_added_kit_and_why() -> None:
+    out = run("explain", "--node-type", "effect", "--features", "postgres,kafka_producer,outbox")
+    assert out.returncode == 0, out.stderr
+    assert "Kits added beside database_heavy's own" in out.stdout
+    rows = {
+        cells[1].strip(): cells[2].strip()
+        for line in out.stdout.splitlines()
+        if len(cells := line.split("│")) == 4
+    }
+    assert rows == {
+        "kafka": "1 tag (kafka_producer) beside database",
+        "outbox": "1 tag (outbox) asks for it",
+    }
+    kafka_row = next(line for line in out.stdout.splitlines() if "│ kafka_heavy" in line)
+    assert "adds its kits (kafka) beside database_heavy" in kafka_row
+
+
+def test_explain_without_additions_has_no_kit_table() -> None:
+    out = run("explain", "--node-type", "effect", "--features", "postgres")
+    assert out.returncode == 0, out.stderr
+    assert "Kits added" not in out.stdout
+    assert "kits added" not in out.stdout
+
+
+def test_explain_says_an_unfit_variants_tags_add_its_kit() -> None:
+    out = run("explain", "--node-type", "compute", "--features", "onnx,kafka")
+    assert out.returncode == 0, out.stderr
+    kafka_row = next(line for line in out.stdout.splitlines() if "│ kafka_heavy" in line)
+    assert "does not support compute nodes" in kafka_row
+    assert "its tags (kafka) add its kits (kafka)" in kafka_row
+    assert "kafka_heavy itself does not support compute nodes" in out.stdout
