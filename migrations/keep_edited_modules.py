@@ -27,10 +27,11 @@ def git(*args: str, cwd: str = ".") -> subprocess.CompletedProcess[str]:
 def pristine(template_root: str, version_from: str, path: PurePosixPath) -> str | None:
     """The module as the old template version wrote it into this node, if it is one."""
     parts = path.parts
-    if len(parts) != 4 or parts[0] != "src" or parts[2] not in MODULE_DIRS:
+    if len(parts) < 4 or parts[0] != "src" or parts[2] not in MODULE_DIRS:
         return None
     node = parts[1]
-    source = f"{MODULE_DIRS[parts[2]]}/{parts[3]}"
+    # A kit that is a package has its modules a level deeper (integrations/http/client.py).
+    source = "/".join((MODULE_DIRS[parts[2]], *parts[3:]))
     shown = git("show", f"{version_from}:{source}", cwd=template_root)
     if shown.returncode != 0:
         return None
