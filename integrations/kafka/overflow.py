@@ -76,23 +76,15 @@ class Overflow:
             retriable=True,
         )
 
-    def hold(
-        self,
-        topic: str,
-        value: bytes,
-        key: bytes | None,
-        headers: Sequence[tuple[str, bytes]],
-        report: Report,
-        abandoned: Callable[[], bool],
-        fail: Callable[[KafkaError], None],
-    ) -> None:
+    def expiry(self) -> float:
+        """The ``expires`` of a message held from now on."""
+        return time.monotonic() + self._timeout_ms / 1000
+
+    def hold(self, pending: PendingDelivery) -> None:
         """Keep a message until librdkafka's queue has room (the caller checked there is room
         here)."""
-        expires = time.monotonic() + self._timeout_ms / 1000
-        self._pending.append(
-            PendingDelivery(topic, value, key, headers, report, abandoned, fail, expires)
-        )
-        self._bytes += len(value)
+        self._pending.append(pending)
+        self._bytes += len(pending.value)
         if not self.has_room(0):
             self._room.clear()
 

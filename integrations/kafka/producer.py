@@ -286,7 +286,10 @@ class Producer:
             self._check_room(topic, value)
             fut: asyncio.Future[Delivery] = _Future(loop=self._loop)
             report = partial(self._report, fut)
-            self._overflow.hold(topic, value, key, headers, report, fut.done, partial(fail, fut))
+            failed, expires = partial(fail, fut), self._overflow.expiry()
+            self._overflow.hold(
+                PendingDelivery(topic, value, key, headers, report, fut.done, failed, expires)
+            )
             return fut
         fut = _Future(loop=self._loop)
         report = partial(self._report, fut)
@@ -297,7 +300,10 @@ class Producer:
                 client.produce(topic, value, key, -1, report)
         except BufferError:
             self._check_room(topic, value)
-            self._overflow.hold(topic, value, key, headers, report, fut.done, partial(fail, fut))
+            failed, expires = partial(fail, fut), self._overflow.expiry()
+            self._overflow.hold(
+                PendingDelivery(topic, value, key, headers, report, fut.done, failed, expires)
+            )
             self._pump_wakeup.set()
             return fut
         except ck.KafkaException as exc:
@@ -357,7 +363,11 @@ class Producer:
         abandoned, unsent = batch.future.done, batch.fail_unsent
         for value, key in zip(values[index:], keyed[index:], strict=True):
             if overflow.has_room(len(value)):
-                overflow.hold(topic, value, key, (), report, abandoned, partial(unsent, key, value))
+                expires = overflow.expiry()
+                fails = partial(unsent, key, value)
+                overflow.hold(
+                    PendingDelivery(topic, value, key, (), report, abandoned, fails, expires)
+                )
             else:
                 self.metrics.errors.labels(topic, "produce").inc()
                 unsent(key, value, overflow.full(topic))
