@@ -384,6 +384,15 @@ class OutboxRelay:
         ``OutboxPublishError`` when some events were not acknowledged (those stay pending;
         the acknowledged ones before them are marked sent).
         """
+        try:
+            return await self._relay_once()
+        except OutboxPublishError:
+            raise
+        except Exception:
+            self._database_errors.inc()
+            raise
+
+    async def _relay_once(self) -> int:
         if self._session is not None:
             async with self._session_busy:
                 return await self._relay_batch(self._session)
@@ -435,7 +444,7 @@ class OutboxRelay:
         while not stop.is_set():
             self._wakeup.clear()
             try:
-                sent = await self.relay_once()
+                sent = await self._relay_once()
             except OutboxPublishError as exc:
                 failures += 1
                 _log.warning("outbox relay %s: %s", self.name, exc)
@@ -496,11 +505,7 @@ class OutboxRelay:
         return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key))
 
     async def _relay_batch(self, conn: asyncpg.Connection) -> int:
-        try:
-            rows = await conn.fetch(self._select, self.batch_size)
-        except Exception:
-            self._database_errors.inc()
-            raise
+        rows = await conn.fetch(self._select, self.batch_size)
         events = [_event(row) for row in rows]
         if not events:
             await self._refresh_gauges(conn, force=True)
@@ -511,14 +516,10 @@ class OutboxRelay:
         if published and self._after_publish is not None:
             await self._after_publish(published)
         if published:
-            try:
-                await conn.execute(
-                    f"UPDATE {self.table} SET sent_at = now() WHERE position = ANY($1::bigint[])",
-                    [event.position for event in published],
-                )
-            except Exception:
-                self._database_errors.inc()
-                raise
+            await conn.execute(
+                f"UPDATE {self.table} SET sent_at = now() WHERE position = ANY($1::bigint[])",
+                [event.position for event in published],
+            )
             self._published.inc(len(published))
         await self._refresh_gauges(conn, force=len(events) < self.batch_size)
         if failed:

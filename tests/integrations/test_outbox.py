@@ -508,3 +508,40 @@ async def test_two_relays_at_once_publish_every_event_once_and_keep_each_keys_or
     for message in messages:
         by_key[message.key() or b""].append(int(message.value() or b""))
     assert by_key == {key: list(range(per_key)) for key in keys}
+
+
+async def test_a_relay_whose_session_is_terminated_takes_the_lock_again_and_goes_on(
+    postgres_dsn: str, database: Database, table: str, producer: Producer, kafka_bootstrap: str
+) -> None:
+    topic = create_topic(kafka_bootstrap)
+    application = unique("relay").replace("-", "_")
+    seen: dict[uuid.UUID, asyncio.Event] = defaultdict(asyncio.Event)
+
+    async def note(events: Sequence[OutboxEvent]) -> None:
+        for event in events:
+            seen[event.event_id].set()
+
+    async with Database(postgres_dsn, min_size=1, max_size=2, name=application) as relay_db:
+        relay = OutboxRelay(
+            relay_db, producer, table=table, poll_interval_s=0.05, after_publish=note
+        )
+        stop = asyncio.Event()
+        running = asyncio.create_task(relay.run(stop))
+        try:
+            first = await add(database, table, topic, [(b"k", b"1")])
+            await asyncio.wait_for(seen[first[0]].wait(), 10)
+            killed = await database.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = $1",
+                application,
+            )
+            assert killed
+            second = await add(database, table, topic, [(b"k", b"2")])
+            await asyncio.wait_for(seen[second[0]].wait(), 10)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 10)
+    assert sample(relay, "outbox_relay_errors_total", kind="database") >= 1  # the fault was met
+    assert await pending(database, table) == 0
+    # The first may have been published again (killed before its mark), with its id.
+    assert list(dict.fromkeys(ids_of(read_events(kafka_bootstrap, topic, 2)))) == first + second
