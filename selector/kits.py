@@ -8,9 +8,42 @@ changes. Everything here is a pure function of the registry.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 
+from selector.models import NodeType
 from selector.registry import Registry, default_registry
+
+
+@dataclass(frozen=True, slots=True)
+class KitTable:
+    """The catalogue as the selector reads it on every call, worked out once per registry."""
+
+    rank: dict[str, int]  # kit -> catalogue position, the order of a node's kits
+    needs: dict[str, frozenset[str]]  # kit -> every kit it requires
+    # (node type, variant) -> the variant's kits a node of that type may choose.
+    fitting: dict[tuple[NodeType, str], tuple[str, ...]]
+
+
+_TABLES: weakref.WeakKeyDictionary[Registry, KitTable] = weakref.WeakKeyDictionary()
+
+
+def kit_table(registry: Registry) -> KitTable:
+    table = _TABLES.get(registry)
+    if table is None:
+        kits = registry.integrations
+        table = KitTable(
+            rank={kit: index for index, kit in enumerate(kits)},
+            needs={kit: frozenset(requirements(kit, registry)) for kit in kits},
+            fitting={
+                (kind, name): tuple(k for k in spec.integrations if kind in kits[k].node_types)
+                for name, spec in registry.variants.items()
+                for kind in NodeType
+            },
+        )
+        _TABLES[registry] = table
+    return table
 
 
 def requirements(kit: str, registry: Registry | None = None) -> set[str]:

@@ -208,7 +208,8 @@ class SelectionResult(BaseModel):
     selector_version: str
     # Kits recommended beside the variant's own, in the order the node lists them
     # (``selector.kits.effective_kits``); the rationale says why each was added.
-    kits_added: list[str] = Field(default_factory=list)
+    # Built by ``select`` from registry data, never parsed from input (as ``alternatives``).
+    kits_added: Annotated[list[str], SkipValidation] = Field(default_factory=list)
 
     @field_serializer("alternatives")
     def _alternatives_as_objects(

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from selector.kits import effective_kits, required_by
+from selector.kits import kit_table
 from selector.models import (
     KIT_CATEGORY_PREFIX,
     NodeType,
@@ -281,7 +281,7 @@ def _decide(
 
     kit_reasons: dict[str, str] = {}
     asks_for_kits = any(c.startswith(KIT_CATEGORY_PREFIX) for c in ev.by_category)
-    if len(signalled) > 1 or dropped or asks_for_kits:
+    if asks_for_kits or (winner is not None and (len(signalled) > 1 or dropped)):
         kit_reasons = _recommend_kits(registry, ev, chosen, winner, signalled, dropped, warnings)
     for slot in dropped:
         listed = f"{slot.domain} tags{_listed(ev.entries(slot.domain))}"
@@ -328,18 +328,17 @@ def _recommend_kits(
     kind = ev.node_type
     own = registry.variants[chosen].integrations
     kits = registry.integrations
+    table = kit_table(registry)
     why: dict[str, str] = {}
     if winner is not None:
-        # Strongest first, so a kit two domains bring is credited to the stronger one.
-        others = sorted(
-            (slot for slot in (*signalled, *dropped) if slot is not winner),
-            key=lambda slot: len(ev.entries(slot.domain)),
-            reverse=True,
-        )
+        others = [slot for slot in (*signalled, *dropped) if slot is not winner]
+        if len(others) > 1:
+            # Strongest first, so a kit two domains bring is credited to the stronger one.
+            others.sort(key=lambda slot: len(ev.entries(slot.domain)), reverse=True)
         for slot in others:
             entries = ev.entries(slot.domain)
-            for kit in registry.variants[slot.variant].integrations:
-                if kind in kits[kit].node_types and kit not in own and kit not in why:
+            for kit in table.fitting[kind, slot.variant]:
+                if kit not in own and kit not in why:
                     why[kit] = (
                         f"{kit}: {_plural(len(entries), 'tag')}{_listed(entries)} "
                         f"beside {winner.domain}"
@@ -359,15 +358,17 @@ def _recommend_kits(
             why[kit] = f"{kit}: {_plural(len(entries), 'tag')}{_listed(entries)} {asks} for it"
     if not why:
         return {}
-    node_kits = effective_kits(chosen, why, registry=registry)
+    needs = table.needs
+    brought = [need for kit in why for need in needs[kit] if need not in why and need not in own]
+    if not brought and len(why) == 1:
+        return why
+    # The order of selector.kits.effective_kits: catalogue order, requirements included.
     reasons: dict[str, str] = {}
-    for kit in node_kits:
-        if kit in own:
-            continue
+    for kit in sorted({*why, *brought}, key=table.rank.__getitem__):
         if kit in why:
             reasons[kit] = why[kit]
         else:
-            needing = required_by(kit, [k for k in node_kits if k in why], registry)
+            needing = [k for k in sorted(why, key=table.rank.__getitem__) if kit in needs[k]]
             reasons[kit] = f"{kit}: required by {', '.join(needing)}"
     return reasons
 
