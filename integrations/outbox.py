@@ -193,7 +193,9 @@ async def enqueue(
     Call it from ``Database.transaction(work)`` with ``work``'s connection: the event is
     published if and only if that transaction commits. Call it after the writes that the event
     describes. Transactions that enqueue for the same (topic, key) wait for each other from
-    here until they end, which is what keeps a key's events in commit order.
+    here until they end, which is what keeps a key's events in commit order. (Two
+    transactions enqueueing for the same keys in opposite orders deadlock; PostgreSQL fails one
+    of them, and ``Database.transaction`` runs it again.)
 
     Raises ``OutboxFullError`` (let it fail the transaction) when ``max_pending`` events or
     more already wait.
@@ -424,7 +426,9 @@ class OutboxRelay:
         holds it), then publish batch after batch, waking on NOTIFY or every
         ``poll_interval_s``, and prune sent events every ``prune_interval_s``. Failures of the
         broker or the database are logged and counted, and retried after a backoff; a lost
-        session gives up the lock and takes it again."""
+        session gives up the lock and takes it again. ``stop`` is obeyed between batches: a
+        batch in flight ends first (bounded by the producer's ``delivery_timeout_ms``) so that
+        what the broker acknowledged is marked sent."""
         failures = 0
         while not stop.is_set():
             try:
