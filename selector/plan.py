@@ -32,6 +32,8 @@ class NodePlan(BaseModel):
     provides: tuple[str, ...]
     # The kit whose example handler the node gets ('' for the generic example).
     handler_kit: str
+    # What `onex validate --strict` reports on the kits' modules and the node accepts.
+    onex_advice: tuple[tuple[str, str], ...]
 
 
 def _for_type(by_type: dict[str, tuple[str, ...]], node_type: NodeType) -> tuple[str, ...]:
@@ -85,4 +87,5 @@ def plan_node(
             dict.fromkeys(p for _, spec in specs for p in _for_type(spec.provides, kind))
         ),
         handler_kit=chosen,
+        onex_advice=tuple(advice for _, spec in specs for advice in spec.onex_advice),
     )
