@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from selector import kits
 from selector.models import NodeType, SelectionResult
 from selector.plan import plan_node
 from selector.policy import select
@@ -54,9 +55,10 @@ def variant_help(result: SelectionResult) -> str:
 
 
 def effective_mixins(
-    variant: str, added: Any, removed: Any, registry: Registry | None = None
+    variant: str, added: Any, removed: Any, node_kits: Any = None, registry: Registry | None = None
 ) -> list[str]:
-    """The node's mixins: the variant's own plus ``added`` minus ``removed``, in catalogue order.
+    """The node's mixins: the variant's own plus ``added`` minus ``removed``, plus every mixin
+    the node's kits import, in catalogue order.
 
     Stored answers are these two deltas, not the result, so that moving a node to another
     variant re-derives its mixins from the new variant and keeps the person's own choices.
@@ -65,6 +67,8 @@ def effective_mixins(
     registry = registry or default_registry()
     spec = registry.variants.get(variant)
     chosen = (set(spec.mixins if spec else ()) | set(added or ())) - set(removed or ())
+    known_kits = [kit for kit in node_kits or () if kit in registry.integrations]
+    chosen |= set(kits.required_mixins(known_kits, registry))
     return [name for name in registry.mixins if name in chosen]
 
 
@@ -112,11 +116,60 @@ def kit_specs(kits: Iterable[str], registry: Registry | None = None) -> list[dic
     return [{"name": kit, **registry.integrations[kit].model_dump(mode="json")} for kit in kits]
 
 
-def effective_kits(variant: str, registry: Registry | None = None) -> list[str]:
-    """The node's kits: for now exactly its variant's own."""
+def effective_kits(
+    variant: str, added: Any, removed: Any, registry: Registry | None = None
+) -> list[str]:
+    """The node's kits: the variant's own plus ``added`` minus ``removed``, with what they
+    require, in catalogue order. Unknown names are left to the questions' validators."""
+    registry = registry or default_registry()
+    if variant not in registry.variants:
+        return []
+    try:
+        return kits.effective_kits(variant, added or (), removed or (), registry=registry)
+    except ValueError:
+        return list(registry.variants[variant].integrations)
+
+
+def suggested_kits(
+    node_type: str, operations: Any, features: Any, variant: str, registry: Registry | None = None
+) -> list[str]:
+    """The selector's recommended additions that the chosen variant lacks (all of them when
+    the person keeps the recommended variant)."""
     registry = registry or default_registry()
     spec = registry.variants.get(variant)
-    return list(spec.integrations) if spec else []
+    own = set(spec.integrations) if spec else set()
+    return [kit for kit in recommend(node_type, operations, features).kits_added if kit not in own]
+
+
+def kit_choices(node_type: str, variant: str, kind: str, registry: Registry | None = None) -> str:
+    """Every kit as a Copier choice; those that cannot be added (or removed) here are disabled
+    with the reason."""
+    registry = registry or default_registry()
+    spec = registry.variants.get(variant)
+    own = spec.integrations if spec else ()
+    choices: dict[str, dict[str, str]] = {}
+    for name, kit in registry.integrations.items():
+        if kind == "added":
+            reason = (
+                f"already one of the {variant} variant's kits"
+                if name in own
+                else ""
+                if node_type in kit.node_types
+                else f"not for {node_type} nodes (only {', '.join(kit.node_types)})"
+            )
+        else:
+            reason = "" if name in own else f"not one of the {variant} variant's kits"
+        choices[f"{name}: {kit.summary}"] = {"value": name, "validator": reason}
+    return _dump(choices)
+
+
+def kit_delta_help(variant: str, kind: str, registry: Registry | None = None) -> str:
+    registry = registry or default_registry()
+    spec = registry.variants.get(variant)
+    own = ", ".join(spec.integrations) if spec and spec.integrations else "none"
+    if kind == "added":
+        return f"Kits to add to the {variant} variant's own ({own})"
+    return f"Kits of the {variant} variant to leave out (its own: {own})"
 
 
 def node_plan(
