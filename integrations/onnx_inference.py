@@ -14,14 +14,14 @@ Runtime's own errors name neither and, inside a batch, would fail every caller.
 callers into one ``session.run`` (up to ``max_batch_size`` samples, waiting at most
 ``max_wait_ms`` for more to come): one call on 32 rows costs a fraction of 32 calls on one row.
 
-Where a call runs is measured, not guessed. The hop to a worker thread and back is dear: on
-a 2-core VM, 300 to 450 microseconds around a 0.6 ms batch of 32 rows, because ONNX Runtime's
-own threads keep both cores busy while the two threads wake each other. So a call whose
-expected time (from the model's recent calls) is under ``inline_below_ms`` (2 ms by default)
-runs on the event loop, blocking it no longer than that, about as long as a garbage
-collection pause; longer ones run in a worker thread (ONNX Runtime releases the GIL, so the
-loop goes on serving meanwhile). The first call always runs in a thread, to learn the time.
-A node whose other requests cannot wait 2 ms lowers it (``INFERENCE_INLINE_BELOW_MS``).
+Where a call runs is measured, not guessed. The hop to a worker thread and back is dear next
+to a short inference, because ONNX Runtime's own threads keep the cores busy while the two
+threads wake each other. So a call whose expected time (from the model's recent calls) is under
+``inline_below_ms`` (2 ms by default) runs on the event loop, blocking it no longer than that,
+about as long as a garbage collection pause; longer ones run in a worker thread (ONNX Runtime
+releases the GIL, so the loop goes on serving meanwhile). The first call always runs in a
+thread, to learn the time. A node whose other requests cannot wait 2 ms lowers it
+(``INFERENCE_INLINE_BELOW_MS``).
 
 Bounds. At most ``max_queue`` calls wait for inference at a time (``predict`` calls queued for a
 batch, plus ``run`` calls waiting for or in a worker thread); one more fails at once with
@@ -884,7 +884,7 @@ async def _in_thread(
     feeds: Mapping[str, Array],
 ) -> tuple[list[Array], float]:
     # run_in_executor rather than asyncio.to_thread: the same default executor without
-    # copying the context, which the call does not read; measurably shorter per hop.
+    # copying the context, which the call does not read, so each hop is shorter.
     return await asyncio.get_running_loop().run_in_executor(None, function, session, feeds)
 
 

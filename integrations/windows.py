@@ -4,7 +4,7 @@ closed by a watermark, and exported as Prometheus text.
 Written here rather than wrapped: stream processors that do event-time windows (Flink, Bytewax,
 Faust) are whole runtimes, pandas' rolling windows know nothing of lateness or watermarks, and
 sketches (t-digest, HDR) give approximate percentiles, while at a node's volumes exact ones over
-numpy buffers cost well under a millisecond per window.
+numpy buffers are cheap.
 
 Windows. Window ``k`` covers event times ``[k * slide, k * slide + size)``: aligned to the epoch,
 half-open, so an event exactly at a window's end belongs to the next one. ``slide_s=None`` means

@@ -21,9 +21,9 @@ returns the recorded result, or raises the recorded failure again. Errors that a
 (the database, a lost lock) propagate as they are and leave the row as last written, to resume.
 
 The lifecycle is a python-statemachine ``StateMachine`` (``WorkflowLifecycle``). Its answers
-are memoised per (state, event) by ``next_state``, because sending a machine an event costs
-some 250 microseconds (building one, more), against some 2 for a memoised answer; that is exact
-because the lifecycle has no guards and no actions, so the answer depends on those two alone.
+are memoised per (state, event) by ``next_state``, because sending a machine an event (and
+building one even more) costs far more than looking the answer up; that is exact because the
+lifecycle has no guards and no actions, so the answer depends on those two alone.
 
 Locking: one run per instance at a time, across replicas, through a session-level advisory lock
 (``pg_try_advisory_lock`` on a 64-bit hash of the table and the id) held for the whole run by
@@ -724,7 +724,7 @@ _METRICS = MetricsPerRegistry(_build_metrics)
 
 @dataclass(frozen=True)
 class StepMetrics:
-    """One step's metric children, looked up once: labels() costs a few microseconds a call."""
+    """One step's metric children, looked up once: labels() is too dear to call per attempt."""
 
     attempt_ok: Histogram
     attempt_error: Histogram

@@ -7,7 +7,7 @@ The asyncio bridge is written here, not taken from ``confluent_kafka.aio``:
   which has none), and the dead-letter records need them; it is a coroutine, so there is no
   enqueue-without-awaiting for hot loops; its own buffer holds a lone message up to
   ``buffer_timeout`` (1 s) unless flushed; and it pays for a future per message where
-  ``send_batch`` here has one per batch (benchmarks/bench_kafka.py measures the difference).
+  ``send_batch`` here has one per batch.
 * ``AIOConsumer`` runs every call on a thread pool (100 threads by default) and leaves
   committing after processing, dead-lettering and rebalance bookkeeping to the caller, which
   is what this package is for.

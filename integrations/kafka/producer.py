@@ -445,7 +445,7 @@ class Producer:
                     )
                 # On the loop, not on the worker: flush(0) never blocks; it sends what lingers
                 # at once and serves the reports here, so they settle directly instead of being
-                # handed over from another thread one by one (a third of a bulk send's cost).
+                # handed over from another thread one by one, a hand-off bulk sends pay dearly for.
                 client.flush(0)
                 self._settle_reports()
                 if overflow or ledger.inflight:
