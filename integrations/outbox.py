@@ -48,9 +48,19 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from integrations.kafka import Delivery, KafkaError, Producer, ProducerQueueFullError
-from integrations.postgres import Database
-from integrations.support import Backoff, MetricsPerRegistry
+from integrations.kafka import (
+    Delivery,
+    KafkaError,
+    Producer,
+    ProducerQueueFullError,
+)
+from integrations.postgres import (
+    Database,
+)
+from integrations.support import (
+    Backoff,
+    MetricsPerRegistry,
+)
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
@@ -151,8 +161,8 @@ CREATE TABLE IF NOT EXISTS {table} (
     topic text NOT NULL,
     key bytea,
     value bytea NOT NULL,
-    header_names text[] NOT NULL DEFAULT '{{}}',
-    header_values bytea[] NOT NULL DEFAULT '{{}}',
+    header_names text[] NOT NULL DEFAULT ARRAY[]::text[],
+    header_values bytea[] NOT NULL DEFAULT ARRAY[]::bytea[],
     created_at timestamptz NOT NULL DEFAULT now(),
     sent_at timestamptz
 );

@@ -19,6 +19,23 @@ import copier
 
 from tests.conftest import REPO_ROOT
 
+# Shared infrastructure in integrations/ that every node with a kit receives: no kit itself.
+KIT_SUPPORT = "support"
+
+
+def kit_modules(integrations: Path, kit: str) -> list[Path]:
+    """A kit's modules in an ``integrations`` folder (the template's or a node's): ``<kit>.py``,
+    or every module of the package ``<kit>/``; empty when the kit is not there."""
+    module = integrations / f"{kit}.py"
+    return [module] if module.is_file() else sorted((integrations / kit).glob("*.py"))
+
+
+def shipped_kits(integrations: Path) -> set[str]:
+    """The kits in an ``integrations`` folder: its modules and packages, without ``__init__``
+    and the shared support module."""
+    modules = {p.stem for p in integrations.glob("*.py")} - {"__init__", KIT_SUPPORT}
+    return modules | {p.parent.name for p in integrations.glob("*/__init__.py")}
+
 
 def render(destination: Path, answers: Mapping[str, Any]) -> Path:
     """Render the template (working tree included) into ``destination`` with ``answers``."""
