@@ -29,6 +29,10 @@ def pristine(template_root: str, version_from: str, path: PurePosixPath) -> str 
     parts = path.parts
     if len(parts) < 4 or parts[0] != "src" or parts[2] not in MODULE_DIRS:
         return None
+    if parts[3:] == ("__init__.py",):
+        # The template writes the folder's own __init__ (it copies no module there), so no
+        # template module is its original.
+        return None
     node = parts[1]
     # A kit that is a package has its modules a level deeper (integrations/http/client.py).
     source = "/".join((MODULE_DIRS[parts[2]], *parts[3:]))

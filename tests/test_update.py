@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import copier
+import pytest
 import yaml
 
 from selector import default_registry
 from tests.conftest import REPO_ROOT
+from tests.render_helpers import KIT_SUPPORT, shipped_kits
 
 REGISTRY = default_registry()
 
@@ -95,7 +97,14 @@ def update(node: Path, ref: str, data: dict[str, object] | None = None) -> None:
 
 
 def shipped(node: Path, name: str, folder: str) -> set[str]:
-    return {p.stem for p in (node / "src" / name / folder).glob("*.py")} - {"__init__"}
+    """The mixins or kits a node carries (a kit may be a package); the support module every
+    node with a kit gets is no kit, and is there exactly when a kit is."""
+    directory = node / "src" / name / folder
+    if folder == "integrations":
+        kits = shipped_kits(directory)
+        assert (directory / f"{KIT_SUPPORT}.py").is_file() == bool(kits)
+        return kits
+    return {p.stem for p in directory.glob("*.py")} - {"__init__"}
 
 
 def commit_all(node: Path, message: str) -> None:
@@ -277,6 +286,30 @@ def test_a_dropped_mixin_is_kept_where_the_person_edited_it(tmp_path: Path) -> N
     assert "TWEAK = 1" in (mixins / "tracing.py").read_text()
     assert not (mixins / "events.py").exists()
     assert shipped(node, "shrinker", "mixins") == set(REGISTRY.get("standard").mixins) | {"tracing"}
+
+
+def test_an_edited_module_of_a_dropped_package_kit_is_kept(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    template = snapshot_template(tmp_path / "template")
+    answers = {"node_name": "dropper", "variant": "kafka_heavy", "operations": ["send"]}
+    node = scaffold(template, tmp_path / "node", answers, "1.0.0")
+    integrations = node / "src" / "dropper" / "integrations"
+    assert shipped(node, "dropper", "integrations") == {"kafka"}
+    edited = integrations / "kafka" / "producer.py"
+    append(edited, "\n\n# the person's tweak\nTWEAK = 1\n")
+    commit_all(node, "tweak a module of the kafka package")
+    capfd.readouterr()
+
+    update(node, "1.0.0", {"variant": "standard"})
+
+    # Only the edited module stays, where it was; the kit's other modules, the package's
+    # __init__, the shared support module and the integrations package itself go.
+    left = sorted(p.relative_to(integrations).as_posix() for p in integrations.rglob("*.py"))
+    assert left == ["kafka/producer.py"]
+    assert "TWEAK = 1" in edited.read_text()
+    assert f"kept {edited.relative_to(node).as_posix()}: " in capfd.readouterr().out
+    assert not list(node.rglob("*.rej"))
 
 
 def test_nodes_from_before_0_2_0_get_their_mixins_answer_migrated(tmp_path: Path) -> None:
