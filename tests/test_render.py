@@ -11,12 +11,15 @@ import pytest
 
 from selector import default_registry
 from tests.render_helpers import (
+    KIT_SUPPORT,
     check_node,
     install_nodes,
+    kit_modules,
     make_node_env,
     make_onex_env,
     run_node_tests,
     serving,
+    shipped_kits,
 )
 
 REGISTRY = default_registry()
@@ -151,8 +154,8 @@ def test_rendered_pair_passes_its_own_checks(
     package = node / "src" / f"{variant}_{node_type}"
     shipped = {p.stem for p in (package / "mixins").glob("*.py")} - {"__init__"}
     assert shipped == set(spec.mixins)
-    kits = {p.stem for p in (package / "integrations").glob("*.py")} - {"__init__"}
-    assert kits == set(spec.integrations)
+    assert shipped_kits(package / "integrations") == set(spec.integrations)
+    assert (package / "integrations" / f"{KIT_SUPPORT}.py").is_file() == bool(spec.integrations)
     check_node(node_python, node, mypy_cache)
 
 
@@ -202,20 +205,30 @@ def test_longest_names_pass_for_kit_variants(
 def test_kits_are_copied_with_only_the_mixins_import_rewritten(
     variant: str, node_type: str, rendered_nodes: dict[str, Path]
 ) -> None:
+    """Each kit module (a package kit's too) and the shared support module, and nothing else."""
     name = f"{variant}_{node_type}"
     root = Path(__file__).resolve().parent.parent
+    kits_dir = root / "integrations"
+    copied_dir = rendered_nodes[name] / "src" / name / "integrations"
+    expected_files = {"__init__.py"}
     for kit in REGISTRY.get(variant).integrations:
-        source = (root / "integrations" / f"{kit}.py").read_text(encoding="utf-8")
-        expected = source.replace("from mixins.", f"from {name}.mixins.").replace(
-            "from integrations.", f"from {name}.integrations."
-        )
-        assert (rendered_nodes[name] / "src" / name / "integrations" / f"{kit}.py").read_text(
-            encoding="utf-8"
-        ) == expected
+        modules = kit_modules(kits_dir, kit)
+        assert modules, kit
+        for source in [*modules, kits_dir / f"{KIT_SUPPORT}.py"]:
+            relative = source.relative_to(kits_dir).as_posix()
+            expected_files.add(relative)
+            expected = (
+                source.read_text(encoding="utf-8")
+                .replace("from mixins.", f"from {name}.mixins.")
+                .replace("from integrations.", f"from {name}.integrations.")
+            )
+            assert (copied_dir / relative).read_text(encoding="utf-8") == expected, relative
         local = root / "integrations" / f"local_{kit}.py"
         if local.exists():
             copied = rendered_nodes[name] / "tests" / f"local_{kit}.py"
             assert copied.read_bytes() == local.read_bytes()
+    copied_files = {p.relative_to(copied_dir).as_posix() for p in copied_dir.rglob("*.py")}
+    assert copied_files == expected_files
 
 
 def test_mixins_are_copied_verbatim(rendered_nodes: dict[str, Path]) -> None:
