@@ -29,30 +29,16 @@ NOT_YET_IN_TEMPLATE = {"outbox": "the lead is wiring the outbox kit into the tem
 # Shared files that still name kits: each fails until its literals move into
 # partials/kits/<kit>/ (or the file becomes a kit's own), then fails as an unexpected pass until
 # it leaves this table.
-SHARED_FILES_NAMING_KITS = {
-    **dict.fromkeys(
-        [
-            "template/README.md.jinja",
-            "template/src/{{node_name}}/contract.yaml.jinja",
-            "template/src/{{node_name}}/node.py.jinja",
-            "template/src/{{node_name}}/runtime.py.jinja",
-            "template/src/{{node_name}}/service.py.jinja",
-            "template/tests/test_service.py.jinja",
-            "partials/handler_tests/generic.py.jinja",
-        ],
-        "lead is moving the last kit literals into partials/kits",
-    ),
-    **dict.fromkeys(
-        [
-            "template/src/{{node_name}}/{% if 'state_in_changelog' in provides %}"
-            "state_changelog.py{% endif %}.jinja",
-            "template/src/{{node_name}}/{% if 'state_in_database' in provides %}"
-            "state_store.py{% endif %}.jinja",
-            "template/tests/{% if mixins %}test_mixins.py{% endif %}.jinja",
-        ],
-        "names a kit though its path names none: to move into partials/kits or be renamed",
-    ),
-}
+SHARED_FILES_NAMING_KITS = dict.fromkeys(
+    [
+        "template/src/{{node_name}}/{% if 'state_in_changelog' in provides %}"
+        "state_changelog.py{% endif %}.jinja",
+        "template/src/{{node_name}}/{% if 'state_in_database' in provides %}"
+        "state_store.py{% endif %}.jinja",
+        "template/tests/{% if mixins %}test_mixins.py{% endif %}.jinja",
+    ],
+    "names a kit though its path names none: to move into partials/kits or be renamed",
+)
 # Phrases spelled like a kit's name that mean something else.
 NOT_KIT_NAMES = ('scope["type"] != "http"',)  # the ASGI scope type
 WINDOWS_REFUSED = re.compile(r'[<>:"|?*\x00-\x1f]')
