@@ -41,7 +41,9 @@ def test_the_extension_keeps_compiled_templates_unless_a_cache_is_configured(
 ) -> None:
     env = Environment(extensions=[SelectorExtension])
     assert isinstance(env.bytecode_cache, _CompiledTemplates)
-    assert env.globals["onex"].recommend("effect", ["add"], ["postgres"]).variant == "database_heavy"
+    assert (
+        env.globals["onex"].recommend("effect", ["add"], ["postgres"]).variant == "database_heavy"
+    )
     mine = _CompiledTemplates(str(tmp_path))
     configured = Environment(bytecode_cache=mine, extensions=[SelectorExtension])
     assert configured.bytecode_cache is mine

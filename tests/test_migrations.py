@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from migrations.mixins_to_deltas import migrate
 from extensions.questionnaire import effective_mixins
+from migrations.mixins_to_deltas import migrate
 from selector.validation import mixin_delta_problem
 
 STANDARD = ["structured_logging", "metrics", "health"]
