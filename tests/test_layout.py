@@ -25,20 +25,11 @@ NODE_INTEGRATIONS = TEMPLATE / "src" / "{{node_name}}" / "{% if kits %}integrati
 KIT_FRAGMENTS = ("settings.py.jinja", "resources.py.jinja", "readme.md.jinja")
 # Kits catalogued before the template copies them: each entry fails until its files land, and
 # then fails as an unexpected pass until it is removed from here.
-NOT_YET_IN_TEMPLATE = {"outbox": "the lead is wiring the outbox kit into the template"}
+NOT_YET_IN_TEMPLATE: dict[str, str] = {}
 # Shared files that still name kits: each fails until its literals move into
 # partials/kits/<kit>/ (or the file becomes a kit's own), then fails as an unexpected pass until
 # it leaves this table.
-SHARED_FILES_NAMING_KITS = dict.fromkeys(
-    [
-        "template/src/{{node_name}}/{% if 'state_in_changelog' in provides %}"
-        "state_changelog.py{% endif %}.jinja",
-        "template/src/{{node_name}}/{% if 'state_in_database' in provides %}"
-        "state_store.py{% endif %}.jinja",
-        "template/tests/{% if mixins %}test_mixins.py{% endif %}.jinja",
-    ],
-    "names a kit though its path names none: to move into partials/kits or be renamed",
-)
+SHARED_FILES_NAMING_KITS: dict[str, str] = {}
 # Phrases spelled like a kit's name that mean something else.
 NOT_KIT_NAMES = ('scope["type"] != "http"',)  # the ASGI scope type
 WINDOWS_REFUSED = re.compile(r'[<>:"|?*\x00-\x1f]')
@@ -68,8 +59,22 @@ KIT_LITERAL = re.compile(
         for k in KITS
     )
 )
-# A path that mentions a kit belongs to that kit.
+# A path that mentions a kit belongs to that kit; so does one that tests a capability
+# (`'<capability>' in provides`) only kits provide.
 KIT_IN_PATH = re.compile("|".join(_word(k) for k in KITS))
+KIT_CAPABILITY_IN_PATH = re.compile(r"'(\w+)' in provides")
+CAPABILITIES = {
+    capability
+    for spec in REGISTRY.integrations.values()
+    for capabilities in spec.provides.values()
+    for capability in capabilities
+}
+
+
+def _is_a_kits_own(path: str) -> bool:
+    return bool(KIT_IN_PATH.search(path)) or any(
+        capability in CAPABILITIES for capability in KIT_CAPABILITY_IN_PATH.findall(path)
+    )
 
 
 def _files(root: Path) -> list[Path]:
@@ -80,7 +85,7 @@ def shared_template_files() -> list[Path]:
     """Files every node gets whatever its kits: the template's files whose path names no kit,
     and the partials that are not a kit's own (partials/kits/<kit>/)."""
     template = [
-        p for p in _files(TEMPLATE) if not KIT_IN_PATH.search(str(p.relative_to(REPO_ROOT)))
+        p for p in _files(TEMPLATE) if not _is_a_kits_own(str(p.relative_to(REPO_ROOT)))
     ]
     partials = [p for p in _files(PARTIALS) if KIT_PARTIALS not in p.parents]
     return template + partials
