@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from selector import default_registry
 from tests.render_helpers import (
@@ -66,6 +67,18 @@ LONG_NAME_KIT_CASES = [
 ]
 
 
+# Nodes that carry kits besides their variant's own, as the selector recommends them for these
+# feature tags (every other answer at its default): name -> (node type, tags, variant, kits).
+COMPOSED = {
+    "orders_outbox": ("effect", ["postgres", "kafka_producer", "outbox"], "database_heavy"),
+    "stream_scoring": ("compute", ["onnx", "kafka"], "ml_inference"),
+}
+COMPOSED_KITS = {
+    "orders_outbox": {"postgres", "kafka", "outbox"},
+    "stream_scoring": {"onnx_inference", "kafka"},
+}
+
+
 def pair_answers(variant: str, node_type: str) -> dict[str, Any]:
     return {
         "node_name": f"{variant}_{node_type}",
@@ -115,6 +128,15 @@ def rendered_nodes(copie_session: Any) -> dict[str, Path]:
         }
         for variant, node_type, name in LONG_NAME_KIT_CASES
     ]
+    answer_sets += [
+        {
+            "node_name": name,
+            "node_type": node_type,
+            "features": tags,
+            "operations": ["fetch_item", "store_item"],
+        }
+        for name, (node_type, tags, _variant) in COMPOSED.items()
+    ]
     nodes: dict[str, Path] = {}
     for answers in answer_sets:
         result = copie_session.copy(extra_answers=answers)
@@ -156,6 +178,21 @@ def test_rendered_pair_passes_its_own_checks(
     assert shipped == set(spec.mixins)
     assert shipped_kits(package / "integrations") == set(spec.integrations)
     assert (package / "integrations" / f"{KIT_SUPPORT}.py").is_file() == bool(spec.integrations)
+    check_node(node_python, node, mypy_cache)
+
+
+@pytest.mark.render
+@pytest.mark.parametrize("name", list(COMPOSED))
+def test_a_composed_node_carries_the_recommended_kits_and_passes_its_own_checks(
+    name: str, rendered_nodes: dict[str, Path], node_python: Path, mypy_cache: Path
+) -> None:
+    node = rendered_nodes[name]
+    answers = yaml.safe_load((node / ".copier-answers.yml").read_text(encoding="utf-8"))
+    variant = COMPOSED[name][2]
+    assert answers["variant"] == variant
+    own = set(REGISTRY.get(variant).integrations)
+    assert set(answers["kits_added"]) == COMPOSED_KITS[name] - own
+    assert shipped_kits(node / "src" / name / "integrations") == COMPOSED_KITS[name]
     check_node(node_python, node, mypy_cache)
 
 
@@ -302,7 +339,8 @@ def onex_python(rendered_nodes: dict[str, Path], tmp_path_factory: pytest.TempPa
     if not python312:
         pytest.fail("PYTHON312 is not set: scripts/test.sh finds a Python 3.12 and sets it")
     pairs = [rendered_nodes[f"{variant}_{node_type}"] for variant, node_type in PAIRS]
-    return make_onex_env(tmp_path_factory.mktemp("onex"), python312, pairs)
+    composed = [rendered_nodes[name] for name in COMPOSED]
+    return make_onex_env(tmp_path_factory.mktemp("onex"), python312, pairs + composed)
 
 
 @pytest.mark.render
@@ -314,3 +352,12 @@ def test_rendered_pair_passes_its_own_tests_on_the_onex_runtime(
     nothing skipped."""
     node = rendered_nodes[f"{variant}_{node_type}"]
     run_node_tests(onex_python, node, {"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@pytest.mark.render
+@pytest.mark.parametrize("name", list(COMPOSED))
+def test_a_composed_node_passes_its_own_tests_on_the_onex_runtime(
+    name: str, rendered_nodes: dict[str, Path], onex_python: Path
+) -> None:
+    """Installed from its own pyproject into a fresh environment, with nothing skipped."""
+    run_node_tests(onex_python, rendered_nodes[name], {"PYTHONDONTWRITEBYTECODE": "1"})
