@@ -270,6 +270,39 @@ def test_switching_analytics_to_kafka_heavy_reducer(tmp_path: Path) -> None:
     run_node_tests(node)
 
 
+def test_adding_and_removing_a_kit_keeps_the_handlers(tmp_path: Path) -> None:
+    template = snapshot_template(tmp_path / "template")
+    answers = {
+        "node_name": "ledger",
+        "node_type": "effect",
+        "variant": "database_heavy",
+        "operations": ["record"],
+    }
+    node = scaffold(template, tmp_path / "node", answers, "1.0.0")
+    assert yaml.safe_load((node / ".copier-answers.yml").read_text())["kits_added"] == []
+    handlers = node / "src" / "ledger" / "handlers.py"
+    append(handlers, "\n\n# the person's own logic\nMARKER = 1\n")
+    commit_all(node, "my work")
+
+    update(node, "1.0.0", {"kits_added": ["kafka"]})
+
+    assert "MARKER = 1" in handlers.read_text()
+    assert shipped(node, "ledger", "integrations") == {"postgres", "kafka"}
+    assert "self.producer = Producer(" in (node / "src" / "ledger" / "resources.py").read_text()
+    assert "kafka:" in (node / "docker-compose.yml").read_text()
+    assert yaml.safe_load((node / ".copier-answers.yml").read_text())["kits_added"] == ["kafka"]
+    assert not list(node.rglob("*.rej"))
+    run_node_tests(node)
+    commit_all(node, "with kafka")
+
+    update(node, "1.0.0", {"kits_added": []})
+
+    assert "MARKER = 1" in handlers.read_text()
+    assert shipped(node, "ledger", "integrations") == {"postgres"}
+    assert not (node / "src" / "ledger" / "integrations" / "kafka").exists()
+    assert "Producer" not in (node / "src" / "ledger" / "resources.py").read_text()
+
+
 def test_a_dropped_mixin_is_kept_where_the_person_edited_it(tmp_path: Path) -> None:
     template = snapshot_template(tmp_path / "template")
     answers = {"node_name": "shrinker", "variant": "production", "operations": ["fetch"]}
