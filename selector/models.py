@@ -158,7 +158,6 @@ class VariantSpec(BaseModel):
     # (`performance.single_operation_max_ms`) and the ONEX descriptor's `timeout_ms`.
     operation_budget_ms: int = Field(default=10_000, gt=0, le=3_600_000)
     prerequisites: tuple[str, ...]
-    services: tuple[_Identifier, ...] = ()
     # Kits from integrations/ (catalogue: integrations.yaml) the node's operations are built on.
     integrations: tuple[_Identifier, ...] = ()
     # Exactly one of these two: a tier variant or a domain variant.

@@ -44,7 +44,7 @@ _PRODUCTION = TagCategory.PRODUCTION.value
 _BASIC = TagCategory.BASIC.value
 
 
-# Internal records are plain slotted dataclasses: frozen ones cost a microsecond per field.
+# Internal records are plain slotted dataclasses: frozen ones are slower to build, per field.
 @dataclass(slots=True)
 class _Evidence:
     """The tags of a request, sorted by what they signal."""

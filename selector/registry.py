@@ -222,7 +222,7 @@ class Registry:
 
 
 # libyaml's loader when PyYAML was built with it: the registry is read on every `copier copy`,
-# and the pure-Python loader takes most of that time (80 ms of 90 on a small machine).
+# and the pure-Python loader takes most of that time.
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

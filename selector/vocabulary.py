@@ -45,8 +45,7 @@ class Meaning:
 class Lexicon:
     """Maps the spellings of every known tag to its meaning.
 
-    Built once from the registry and the shared vocabulary; lookups are dictionary hits, so
-    normalising a tag costs a few microseconds.
+    Built once from the registry and the shared vocabulary; lookups are dictionary hits.
     """
 
     def __init__(
