@@ -134,11 +134,16 @@ def suggested_kits(
     node_type: str, operations: Any, features: Any, variant: str, registry: Registry | None = None
 ) -> list[str]:
     """The selector's recommended additions that the chosen variant lacks (all of them when
-    the person keeps the recommended variant)."""
+    the person keeps the recommended variant). A kit that cannot be chosen for this node type
+    and only comes with another (postgres under workflow) is left to come with it."""
     registry = registry or default_registry()
     spec = registry.variants.get(variant)
     own = set(spec.integrations) if spec else set()
-    return [kit for kit in recommend(node_type, operations, features).kits_added if kit not in own]
+    return [
+        kit
+        for kit in recommend(node_type, operations, features).kits_added
+        if kit not in own and node_type in registry.integrations[kit].node_types
+    ]
 
 
 def kit_choices(node_type: str, variant: str, kind: str, registry: Registry | None = None) -> str:

@@ -145,7 +145,8 @@ def mixins_problem(
         missing = [m for m in required_mixins(node_kits, registry) if m not in chosen]
         if missing:
             return (
-                f"mixins: {_kits_owner(variant, kits, node_kits)} {', '.join(missing)}; "
+                f"mixins: {_kits_owner(variant, kits, node_kits, registry)} "
+                f"{', '.join(missing)}; "
                 "keep it selected or choose another variant"
             )
     return ""
@@ -176,8 +177,8 @@ def mixin_delta_problem(
         needed = [m for m in required_mixins(node_kits, registry) if m in chosen]
         if needed:
             return (
-                f"mixins_removed: {_kits_owner(variant, kits, node_kits)} {', '.join(needed)}; "
-                "keep it or choose another variant"
+                f"mixins_removed: {_kits_owner(variant, kits, node_kits, registry)} "
+                f"{', '.join(needed)}; keep it or choose another variant"
             )
     return ""
 
@@ -188,8 +189,10 @@ def _node_kits(variant: str, kits: Iterable[str] | None, registry: Registry) -> 
     return [kit for kit in kits if kit in registry.integrations]
 
 
-def _kits_owner(variant: str, kits: Iterable[str] | None, node_kits: list[str]) -> str:
-    if kits is None:
+def _kits_owner(
+    variant: str, kits: Iterable[str] | None, node_kits: list[str], registry: Registry
+) -> str:
+    if kits is None or node_kits == list(registry.get(variant).integrations):
         return f"the {variant} variant's {', '.join(node_kits)} kit needs"
     return f"the node's kits ({', '.join(node_kits)}) need"
 
@@ -244,7 +247,8 @@ def kit_delta_problem(
             if kit in own:
                 return f"kits_added: the {variant} variant already has the {kit} kit; {accepted}"
             spec = registry.integrations[kit]
-            if kind not in spec.node_types:
+            # A kit another chosen kit requires comes with it, whatever the node type.
+            if kind not in spec.node_types and not required_by(kit, chosen, registry):
                 fits = ", ".join(t.value for t in spec.node_types)
                 comes_with = required_by(kit, addable, registry)
                 also = (

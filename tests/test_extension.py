@@ -53,6 +53,6 @@ def test_templates_reach_the_selector_through_one_namespace() -> None:
     env = Environment(extensions=[SelectorExtension])
     assert not [name for name in env.globals if name.startswith("onex_")]
     rendered = env.from_string(
-        "{{ onex.effective_kits('workflow') | join(',') }}|{{ 'x' | python_str }}"
+        "{{ onex.effective_kits('workflow', [], []) | join(',') }}|{{ 'x' | python_str }}"
     ).render()
     assert rendered == 'postgres,workflow|"x"'
