@@ -134,6 +134,10 @@ class IntegrationSpec(BaseModel):
     # Node types with an example handler (partials/kits/<name>/handlers_<type>.py.jinja and
     # handler_tests_<type>.py.jinja), each with the example test files that come with it.
     examples: dict[NodeType, tuple[str, ...]] = Field(default_factory=dict)
+    # Node types where the kit follows up another kit's example: at the end of each example
+    # operation it does its part with the output (partials/kits/<name>/follow_up.py.jinja),
+    # each with the test files that check it.
+    follows_up: dict[NodeType, tuple[str, ...]] = Field(default_factory=dict)
     # What `onex validate --strict` still reports on the kit's modules and the node accepts
     # (module path, start of the message): ONEX's advice on class and parameter counts.
     onex_advice: tuple[tuple[str, str], ...] = ()

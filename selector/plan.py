@@ -32,6 +32,9 @@ class NodePlan(BaseModel):
     provides: tuple[str, ...]
     # The kit whose example handler the node gets ('' for the generic example).
     handler_kit: str
+    # The node's other kits that follow up that example: at the end of each operation, each
+    # does its part with the output (publish it, record it), in catalogue order.
+    follow_ups: tuple[str, ...] = ()
     # What `onex validate --strict` reports on the kits' modules and the node accepts.
     onex_advice: tuple[tuple[str, str], ...]
 
@@ -71,6 +74,38 @@ def handler_kit(
     return candidates[0] if candidates else ""
 
 
+# Capabilities that give a compute node's handlers `resources` (node.py passes them).
+COMPUTE_WITH_RESOURCES = "compute_with_resources"
+
+
+def example_receives_resources(kit: str, node_type: NodeType, registry: Registry) -> bool:
+    """Whether ``kit``'s example handler for ``node_type`` is given the node's resources:
+    reducers fold state and most compute handlers are pure functions; effect and orchestrator
+    handlers always get them."""
+    if node_type in (NodeType.EFFECT, NodeType.ORCHESTRATOR):
+        return True
+    if node_type is NodeType.COMPUTE:
+        return COMPUTE_WITH_RESOURCES in _for_type(registry.integrations[kit].provides, node_type)
+    return False
+
+
+def follow_ups(
+    kits: Sequence[str], node_type: NodeType, chosen: str, registry: Registry
+) -> tuple[str, ...]:
+    """The kits that follow up ``chosen``'s example on this node type.
+
+    Only an example that can reach them has follow-ups (it is given the node's resources), and
+    a kit the example kit builds on is already part of its example (the outbox's postgres and
+    kafka), so it does not do its part twice.
+    """
+    if not chosen or not example_receives_resources(chosen, node_type, registry):
+        return ()
+    own = _required(chosen, registry) | {chosen}
+    return tuple(
+        k for k in kits if k not in own and node_type in registry.integrations[k].follows_up
+    )
+
+
 def plan_node(
     node_type: NodeType | str, kits: Sequence[str], own_kits: Iterable[str], registry: Registry
 ) -> NodePlan:
@@ -87,5 +122,6 @@ def plan_node(
             dict.fromkeys(p for _, spec in specs for p in _for_type(spec.provides, kind))
         ),
         handler_kit=chosen,
+        follow_ups=follow_ups(kits, kind, chosen, registry),
         onex_advice=tuple(advice for _, spec in specs for advice in spec.onex_advice),
     )
