@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from selector import default_registry
+from selector.models import NodeType
+from selector.plan import example_receives_resources
 from tests.conftest import REPO_ROOT
 from tests.render_helpers import KIT_SUPPORT, kit_modules
 
@@ -84,9 +86,7 @@ def _files(root: Path) -> list[Path]:
 def shared_template_files() -> list[Path]:
     """Files every node gets whatever its kits: the template's files whose path names no kit,
     and the partials that are not a kit's own (partials/kits/<kit>/)."""
-    template = [
-        p for p in _files(TEMPLATE) if not _is_a_kits_own(str(p.relative_to(REPO_ROOT)))
-    ]
+    template = [p for p in _files(TEMPLATE) if not _is_a_kits_own(str(p.relative_to(REPO_ROOT)))]
     partials = [p for p in _files(PARTIALS) if KIT_PARTIALS not in p.parents]
     return template + partials
 
@@ -240,3 +240,58 @@ def test_every_kit_module_is_copied_by_the_template(kit: str) -> None:
 def test_support_is_copied_into_every_node_with_a_kit() -> None:
     copy = NODE_INTEGRATIONS / f"{KIT_SUPPORT}.py.jinja"
     assert f"{{% include 'integrations/{KIT_SUPPORT}.py' %}}" in copy.read_text(encoding="utf-8")
+
+
+FOLLOWING_KITS = [k for k in KITS if REGISTRY.integrations[k].follows_up]
+
+
+def test_some_kits_follow_up_others() -> None:
+    assert FOLLOWING_KITS
+
+
+@pytest.mark.parametrize("kit", FOLLOWING_KITS)
+def test_every_kit_that_follows_up_has_its_fragment_and_test_files(kit: str) -> None:
+    fragment = (KIT_PARTIALS / kit / "follow_up.py.jinja").read_text(encoding="utf-8")
+    assert "macro after(op)" in fragment
+    assert "macro about()" in fragment
+    for files in REGISTRY.integrations[kit].follows_up.values():
+        assert files
+        for name in files:
+            assert (
+                TEMPLATE / "tests" / f"{{% if '{kit}' in follow_ups %}}{name}{{% endif %}}.jinja"
+            ).is_file(), name
+
+
+def test_follow_up_test_files_in_the_template_are_a_kit_s_follow_ups() -> None:
+    pattern = re.compile(r"^\{% if '(\w+)' in follow_ups %\}(.+)\{% endif %\}\.jinja$")
+    found = [m.groups() for p in _files(TEMPLATE) if (m := pattern.match(p.name))]
+    assert found
+    for kit, name in found:
+        listed = {f for files in REGISTRY.integrations[kit].follows_up.values() for f in files}
+        assert name in listed, f"{kit}: {name}"
+
+
+def _fragment_and_what_it_builds_on(path: Path) -> str:
+    """The fragment's text with that of the fragments it extends or includes."""
+    text = path.read_text(encoding="utf-8")
+    for other in re.findall(r"\{%-? (?:extends|include) '(partials/kits/[^']+)'", text):
+        text += _fragment_and_what_it_builds_on(REPO_ROOT / other)
+    return text
+
+
+@pytest.mark.parametrize(
+    ("kit", "node_type"),
+    [
+        (kit, node_type)
+        for kit in KITS
+        for node_type in REGISTRY.integrations[kit].examples
+        if example_receives_resources(kit, node_type, REGISTRY)
+    ],
+)
+def test_every_example_that_can_reach_other_kits_runs_their_follow_ups(
+    kit: str, node_type: NodeType
+) -> None:
+    fragment = KIT_PARTIALS / kit / f"handlers_{node_type.value}.py.jinja"
+    text = _fragment_and_what_it_builds_on(fragment)
+    assert "follow.returning(op)" in text
+    assert "follow.about()" in text

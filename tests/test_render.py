@@ -72,10 +72,22 @@ LONG_NAME_KIT_CASES = [
 COMPOSED = {
     "orders_outbox": ("effect", ["postgres", "kafka_producer", "outbox"], "database_heavy"),
     "stream_scoring": ("compute", ["onnx", "kafka"], "ml_inference"),
+    "upstream_records": ("effect", ["rest_api", "http_client", "postgres"], "api_heavy"),
+    "upstream_events": ("effect", ["rest_api", "kafka_producer"], "api_heavy"),
 }
 COMPOSED_KITS = {
     "orders_outbox": {"postgres", "kafka", "outbox"},
     "stream_scoring": {"onnx_inference", "kafka"},
+    "upstream_records": {"http", "postgres"},
+    "upstream_events": {"http", "kafka"},
+}
+# The kits that follow up each composed node's example with its output (publish it, record it),
+# each with its example tests (tests/test_handlers_then_<kit>.py).
+COMPOSED_FOLLOW_UPS = {
+    "orders_outbox": set(),  # the outbox's example uses postgres and kafka itself
+    "stream_scoring": {"kafka"},
+    "upstream_records": {"postgres"},
+    "upstream_events": {"kafka"},
 }
 
 
@@ -193,6 +205,10 @@ def test_a_composed_node_carries_the_recommended_kits_and_passes_its_own_checks(
     own = set(REGISTRY.get(variant).integrations)
     assert set(answers["kits_added"]) == COMPOSED_KITS[name] - own
     assert shipped_kits(node / "src" / name / "integrations") == COMPOSED_KITS[name]
+    follow_up_tests = (node / "tests").glob("test_handlers_then_*.py")
+    assert {p.stem.removeprefix("test_handlers_then_") for p in follow_up_tests} == (
+        COMPOSED_FOLLOW_UPS[name]
+    )
     check_node(node_python, node, mypy_cache)
 
 
