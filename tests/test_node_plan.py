@@ -49,7 +49,6 @@ def test_without_an_example_for_the_node_type_the_example_is_generic() -> None:
         ("analytics", "reducer", "state_in_windows"),
         ("api_heavy", "effect", "upstream_breakers"),
         ("ml_inference", "compute", "compute_with_resources"),
-        ("workflow", "orchestrator", "resumes_runs"),
     ],
 )
 def test_capabilities_follow_the_kits_and_the_node_type(
