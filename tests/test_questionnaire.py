@@ -162,3 +162,17 @@ def test_any_answer_text_survives_rendering(
     node_module = ast.parse((node / "src" / "sample_node" / "node.py").read_text(encoding="utf-8"))
     literals = [n.value for n in ast.walk(node_module) if isinstance(n, ast.Constant)]
     assert description in literals
+
+
+def test_pyproject_strings_are_plain_toml(tmp_path: Path) -> None:
+    """Requirements read as written (`>=`, not JSON's `\\u003e=`), and parse back exactly."""
+    node = render(
+        tmp_path / "node",
+        {"node_name": "plain_toml", "variant": "database_heavy", "operations": ["fetch"]},
+    )
+    text = (node / "pyproject.toml").read_text(encoding="utf-8")
+    assert "\\u00" not in text
+    assert '    "asyncpg>=0.30",' in text
+    project = tomllib.loads(text)["project"]
+    assert project["name"] == "plain-toml"
+    assert "asyncpg>=0.30" in project["dependencies"]
