@@ -6,6 +6,7 @@ and plain data, so that the Jinja extension beside it only forwards calls.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable
 from typing import Any
 
@@ -86,10 +87,20 @@ def mixin_choices(registry: Registry | None = None) -> str:
     return _dump({f"{name}: {about}": name for name, about in registry.mixins.items()})
 
 
-def vocabulary_help(registry: Registry | None = None) -> str:
+def vocabulary_help(registry: Registry | None = None, width: int = 79) -> str:
+    """The feature question's help: the known tags by category, wrapped for an 80-column
+    terminal (continuation lines indented under the category's first tag)."""
     registry = registry or default_registry()
     groups = [
-        f"  {category}: {', '.join(entries)}" for category, entries in registry.vocabulary().items()
+        textwrap.fill(
+            ", ".join(entries),
+            width=width,
+            initial_indent=f"  {category}: ",
+            subsequent_indent=" " * (len(category) + 4),
+            break_on_hyphens=False,
+            break_long_words=False,
+        )
+        for category, entries in registry.vocabulary().items()
     ]
     return "\n".join(
         [

@@ -15,6 +15,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from extensions.questionnaire import vocabulary_help
+from selector import default_registry
 from tests.conftest import REPO_ROOT
 from tests.render_helpers import render
 
@@ -176,3 +178,11 @@ def test_pyproject_strings_are_plain_toml(tmp_path: Path) -> None:
     project = tomllib.loads(text)["project"]
     assert project["name"] == "plain-toml"
     assert "asyncpg>=0.30" in project["dependencies"]
+
+
+def test_the_feature_help_fits_an_80_column_terminal_and_lists_every_tag() -> None:
+    help_text = vocabulary_help()
+    assert max(len(line) for line in help_text.splitlines()) < 80
+    listed = set(help_text.replace(",", " ").replace(":", " ").split())
+    for entries in default_registry().vocabulary().values():
+        assert set(entries) <= listed
