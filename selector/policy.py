@@ -1,7 +1,14 @@
 """The selection policy: from node type, operations and feature tags to a variant.
 
 The policy (README, "How the selector decides"):
-1. Normalise each tag to a vocabulary entry; unknown tags are ignored with a warning.
+1. Normalise each tag to a vocabulary entry. A tag unknown as a whole is read by its words (split
+   on ``_ - . /``, spaces and camelCase; the longest known phrase first): a domain or kit word
+   decides, over production-grade, then basic, then shared words, which only describe
+   (``pg_pool`` is database, ``retry_logging`` production-grade); words naming different domains
+   or kits, or a negation (``no_kafka``), signal nothing, with a warning. A tag with no known word
+   may be a close misspelling of one vocabulary spelling (5+ characters, Damerau-Levenshtein
+   distance 1, or 2 from 8 characters; never a word the vocabulary itself uses), read as it with
+   a "did you mean" warning. Other unknown tags are ignored with a warning.
 2. A tag signals one domain, or is production-grade, basic, or shared (signals nothing).
 3. A domain's strength is the number of distinct entries that signal it. A domain whose variant
    does not support the node type is dropped, with a warning naming node types that would fit.
@@ -53,10 +60,14 @@ class _Evidence:
     operations: int
     by_category: dict[str, list[str]]  # category -> distinct entries, in the order typed
     matched: dict[str, str]  # tag as typed -> category
-    unknown: list[str]
+    warnings: list[str]  # about tags: unknown, corrected or contradicting themselves
+    labels: dict[str, str]  # entry -> how a tag read by its words names it, e.g. sql_store (sql)
 
     def entries(self, category: str) -> list[str]:
-        return self.by_category.get(category, [])
+        entries = self.by_category.get(category, [])
+        if not self.labels:
+            return entries
+        return [self.labels.get(entry, entry) for entry in entries]
 
 
 def _plural(count: int, word: str) -> str:
@@ -100,19 +111,33 @@ def _gather(
 ) -> _Evidence:
     by_category: dict[str, list[str]] = {}
     matched: dict[str, str] = {}
-    unknown: list[str] = []
-    lookup = registry.lexicon.lookup
+    warnings: list[str] = []
+    labels: dict[str, str] = {}
+    lexicon = registry.lexicon
+    lookup = lexicon.lookup
     for tag in features:
         meaning = lookup(tag)
+        label = None
         if meaning is None:
-            if tag not in unknown:
-                unknown.append(tag)
-            continue
+            reading = lexicon.read(tag)
+            note = reading.note
+            if note is None and reading.meaning is None:
+                note = (
+                    f"unknown feature tag {tag!r} ignored "
+                    "(see `python -m selector variants --vocabulary`)"
+                )
+            if note is not None and note not in warnings:
+                warnings.append(note)
+            meaning, label = reading.meaning, reading.label
+            if meaning is None:
+                continue
         matched[tag] = meaning.category
         entries = by_category.setdefault(meaning.category, [])
         if meaning.entry not in entries:
             entries.append(meaning.entry)
-    return _Evidence(node_type, len(operations), by_category, matched, unknown)
+            if label is not None:
+                labels[meaning.entry] = label
+    return _Evidence(node_type, len(operations), by_category, matched, warnings, labels)
 
 
 def _tier_fits(ev: _Evidence) -> dict[str, float]:
@@ -220,10 +245,7 @@ def _decide(
     kind = coerce_node_type(node_type)
     plan = registry.plans[kind]
     ev = _gather(registry, kind, _as_list(operations), _as_list(features))
-    warnings = [
-        f"unknown feature tag {tag!r} ignored (see `python -m selector variants --vocabulary`)"
-        for tag in ev.unknown
-    ]
+    warnings = list(ev.warnings)
 
     # Domain strengths, keeping only domains whose variant fits this node type.
     strengths: dict[str, int] = {}
@@ -343,9 +365,10 @@ def _recommend_kits(
                         f"{kit}: {_plural(len(entries), 'tag')}{_listed(entries)} "
                         f"beside {winner.domain}"
                     )
-    for category, entries in ev.by_category.items():
+    for category in ev.by_category:
         if not category.startswith(KIT_CATEGORY_PREFIX):
             continue
+        entries = ev.entries(category)
         kit = category.removeprefix(KIT_CATEGORY_PREFIX)
         if kind not in kits[kit].node_types:
             fit = " or ".join(t.value for t in kits[kit].node_types)

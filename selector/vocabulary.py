@@ -5,18 +5,56 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+
+from rapidfuzz import process
+from rapidfuzz.distance import DamerauLevenshtein
+
+from selector.models import TagCategory
 
 # Tags are matched on a canonical spelling: lower case, words joined by single underscores.
 _SEPARATORS = re.compile(r"[\s\-./]+")
 _UNDERSCORES = re.compile(r"_+")
 # A trailing version: postgres16, postgresql_15, kafka-3.7, tensorflow2, onnx v1.17.
 _VERSION_SUFFIX = re.compile(r"^(?P<stem>.*?[a-z])_?v?\d+(?:_\d+)*$")
+# Word boundaries inside camelCase and acronyms: kafkaTopic, PostgreSQLReplication, http2Gateway.
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+# A word that turns the rest of the tag around ("no_kafka", "without db"): it signals nothing.
+_NEGATIONS = frozenset({"no", "non", "not", "without"})
+# Tokens joined back together when looking for a multi-word entry (dead_letter_queue).
+_LONGEST_PHRASE = 4
+# Misspellings: only tags this long are corrected, within this Damerau-Levenshtein distance.
+_MIN_CORRECTABLE = 5
+_LONG_TAG = 8
+# Unknown tags are read once per distinct spelling; the bound keeps odd inputs from growing it.
+_READINGS_CACHED = 2048
+# How strongly a category's words speak for a compound tag: a domain or kit named in it decides,
+# then production-grade over basic over shared words, which only describe.
+_CATEGORY_RANK = {
+    TagCategory.SHARED.value: 0,
+    TagCategory.BASIC.value: 1,
+    TagCategory.PRODUCTION.value: 2,
+}
+_SIGNAL_RANK = 3
 
 
 def canonical_spelling(raw: str) -> str:
     """Lower-case ``raw`` and make ``-``, space, ``.`` and ``/`` count as ``_``."""
     lowered = _SEPARATORS.sub("_", raw.strip().lower())
     return _UNDERSCORES.sub("_", lowered).strip("_")
+
+
+def split_tokens(raw: str) -> list[str]:
+    """The words of a tag: split on ``_ - . /``, spaces and camelCase, lower-cased."""
+    spelling = canonical_spelling(_CAMEL_BOUNDARY.sub("_", raw))
+    return spelling.split("_") if spelling else []
+
+
+def _max_distance(spelling: str) -> int:
+    """How many edits a misspelling of this length may be away from what it meant."""
+    if len(spelling) < _MIN_CORRECTABLE:
+        return 0
+    return 1 if len(spelling) < _LONG_TAG else 2
 
 
 def _singulars(word: str) -> Iterator[str]:
@@ -40,6 +78,20 @@ class Meaning:
 
     entry: str
     category: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """How a tag that is not a vocabulary spelling as a whole was read.
+
+    ``label`` names it in the rationale with the word that matched, e.g. ``sql_store (sql)``;
+    ``note`` is a warning for the person (a correction, or why the tag signals nothing).
+    Neither a meaning nor a note: the tag is simply unknown.
+    """
+
+    meaning: Meaning | None
+    label: str = ""
+    note: str | None = None
 
 
 class Lexicon:
@@ -76,6 +128,12 @@ class Lexicon:
                 compact.setdefault(squeezed, meaning)
         self._exact = exact
         self._compact = {k: v for k, v in compact.items() if v is not None}
+        # Words that are real in the vocabulary's own terms are never corrected into others.
+        known = set(exact) | set(self._compact)
+        known.update(word for key in exact for word in key.split("_"))
+        self._known_words = frozenset(known)
+        self._correctable = sorted(key for key in exact if len(key) >= _MIN_CORRECTABLE - 1)
+        self.read = lru_cache(maxsize=_READINGS_CACHED)(self._read)
 
     def spellings(self) -> Mapping[str, Meaning]:
         return self._exact
@@ -102,3 +160,107 @@ class Lexicon:
             yield stems[-1]
         for stem in stems:
             yield from _singulars(stem)
+
+    def _read(self, raw: str) -> Reading:
+        """Read a tag ``lookup`` does not know: by its words, then as a misspelling."""
+        spelling = canonical_spelling(raw)
+        tokens = split_tokens(raw)
+        words = "_".join(tokens)
+        phrases = self._phrases(tokens)
+        if phrases:
+            return self._combine(raw, words, tokens, phrases, corrected=False)
+        if spelling not in self._known_words:
+            corrected = self._correct(spelling)
+            if corrected is not None:
+                suggestion, meaning = corrected
+                return Reading(
+                    meaning,
+                    f"{spelling} ({suggestion})",
+                    f"feature tag {raw!r} read as {suggestion!r} ({meaning.category}): "
+                    f"did you mean {suggestion!r}?",
+                )
+        fixed = []
+        for token in tokens:
+            if token not in self._known_words:
+                corrected = self._correct(token)
+                if corrected is not None:
+                    fixed.append(corrected)
+        if fixed:
+            return self._combine(raw, words, tokens, fixed, corrected=True)
+        return Reading(None)
+
+    def _phrases(self, tokens: list[str]) -> list[tuple[str, Meaning]]:
+        """The vocabulary spellings among ``tokens``, longest phrase first, left to right."""
+        found: list[tuple[str, Meaning]] = []
+        start = 0
+        while start < len(tokens):
+            for end in range(min(len(tokens), start + _LONGEST_PHRASE), start, -1):
+                phrase = "_".join(tokens[start:end])
+                meaning = self._resolve(phrase)
+                if meaning is not None:
+                    found.append((phrase, meaning))
+                    start = end
+                    break
+            else:
+                start += 1
+        return found
+
+    def _correct(self, spelling: str) -> tuple[str, Meaning] | None:
+        """The one vocabulary spelling ``spelling`` is a close misspelling of, if there is one."""
+        limit = _max_distance(spelling)
+        if limit == 0:
+            return None
+        near = process.extract(
+            spelling,
+            self._correctable,
+            scorer=DamerauLevenshtein.distance,
+            score_cutoff=limit,
+            limit=None,
+        )
+        if not near:
+            return None
+        best = min(distance for _, distance, _ in near)
+        closest = [choice for choice, distance, _ in near if distance == best]
+        meanings = {self._exact[choice] for choice in closest}
+        if len(meanings) != 1:
+            return None  # as close to two meanings: a guess would be a coin toss
+        return closest[0], meanings.pop()
+
+    def _combine(
+        self,
+        raw: str,
+        spelling: str,
+        tokens: list[str],
+        phrases: list[tuple[str, Meaning]],
+        *,
+        corrected: bool,
+    ) -> Reading:
+        """One meaning for a tag from the meanings of its words (rule in selector.policy)."""
+        negation = next((token for token in tokens if token in _NEGATIONS), None)
+        if negation is not None:
+            return Reading(
+                None,
+                note=f"feature tag {raw!r} ignored: {negation!r} turns its words "
+                f"({', '.join(phrase for phrase, _ in phrases)}) around",
+            )
+        rank = max(_CATEGORY_RANK.get(m.category, _SIGNAL_RANK) for _, m in phrases)
+        deciding = [
+            (phrase, m)
+            for phrase, m in phrases
+            if _CATEGORY_RANK.get(m.category, _SIGNAL_RANK) == rank
+        ]
+        categories = {m.category for _, m in deciding}
+        if len(categories) > 1:
+            words = ", ".join(f"{phrase}: {m.category}" for phrase, m in deciding)
+            return Reading(
+                None,
+                note=f"feature tag {raw!r} ignored: its words point to different places ({words})",
+            )
+        phrase, meaning = deciding[0]
+        note = None
+        if corrected:
+            note = (
+                f"feature tag {raw!r} read as {phrase!r} ({meaning.category}): "
+                f"did you mean {phrase!r}?"
+            )
+        return Reading(meaning, f"{spelling} ({phrase})", note)
