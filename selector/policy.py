@@ -6,9 +6,10 @@ The policy (README, "How the selector decides"):
    decides, over production-grade, then basic, then shared words, which only describe
    (``pg_pool`` is database, ``retry_logging`` production-grade); words naming different domains
    or kits, or a negation (``no_kafka``), signal nothing, with a warning. A tag with no known word
-   may be a close misspelling of one vocabulary spelling (5+ characters, Damerau-Levenshtein
-   distance 1, or 2 from 8 characters; never a word the vocabulary itself uses), read as it with
-   a "did you mean" warning. Other unknown tags are ignored with a warning.
+   may be a close misspelling of one vocabulary entry (5+ characters, Damerau-Levenshtein
+   distance 1, or 2 from 8 characters, the nearest entry unique; never when its words are all
+   vocabulary or English words), read as it with a "did you mean" warning. Other unknown tags
+   are ignored with a warning.
 2. A tag signals one domain, or is production-grade, basic, or shared (signals nothing).
 3. A domain's strength is the number of distinct entries that signal it. A domain whose variant
    does not support the node type is dropped, with a warning naming node types that would fit.

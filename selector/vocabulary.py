@@ -9,6 +9,7 @@ from functools import lru_cache
 
 from rapidfuzz import process
 from rapidfuzz.distance import DamerauLevenshtein
+from spellchecker import SpellChecker
 
 from selector.models import TagCategory
 
@@ -48,6 +49,13 @@ def split_tokens(raw: str) -> list[str]:
     """The words of a tag: split on ``_ - . /``, spaces and camelCase, lower-cased."""
     spelling = canonical_spelling(_CAMEL_BOUNDARY.sub("_", raw))
     return spelling.split("_") if spelling else []
+
+
+@lru_cache(maxsize=1)
+def _english_words() -> frozenset[str]:
+    """English words, which are never read as misspellings of vocabulary words
+    (``status`` is not ``stats``). Loaded on the first tag that looks like a misspelling."""
+    return frozenset(SpellChecker(distance=1).word_frequency.dictionary)
 
 
 def _max_distance(spelling: str) -> int:
@@ -169,7 +177,7 @@ class Lexicon:
         phrases = self._phrases(tokens)
         if phrases:
             return self._combine(raw, words, tokens, phrases, corrected=False)
-        if spelling not in self._known_words:
+        if not self._is_real(tokens):
             corrected = self._correct(spelling)
             if corrected is not None:
                 suggestion, meaning = corrected
@@ -181,13 +189,21 @@ class Lexicon:
                 )
         fixed = []
         for token in tokens:
-            if token not in self._known_words:
+            if not self._is_real([token]):
                 corrected = self._correct(token)
                 if corrected is not None:
                     fixed.append(corrected)
         if fixed:
             return self._combine(raw, words, tokens, fixed, corrected=True)
         return Reading(None)
+
+    def _is_real(self, tokens: list[str]) -> bool:
+        """Whether every word is one the vocabulary uses or an English word: then the tag means
+        what it says and is not corrected into something else."""
+        if all(token in self._known_words for token in tokens):
+            return True
+        english = _english_words()
+        return all(token in self._known_words or token in english for token in tokens)
 
     def _phrases(self, tokens: list[str]) -> list[tuple[str, Meaning]]:
         """The vocabulary spellings among ``tokens``, longest phrase first, left to right."""
