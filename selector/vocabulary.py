@@ -106,6 +106,8 @@ class Lexicon:
     """Maps the spellings of every known tag to its meaning.
 
     Built once from the registry and the shared vocabulary; lookups are dictionary hits.
+    ``read`` handles the rest, a tag unknown as a whole: by its words, or as a misspelling
+    (the rule is step 1 of selector.policy), memoised per distinct tag.
     """
 
     def __init__(
