@@ -59,7 +59,13 @@ class SelectorExtension(Extension):
                 environment.bytecode_cache = _CompiledTemplates(
                     pattern="__onex_node_template_%s.cache"
                 )
-        questionnaire = _fresh("extensions.questionnaire")
+        try:
+            questionnaire = _fresh("extensions.questionnaire")
+        except ModuleNotFoundError as exc:
+            raise RuntimeError(
+                f"this template's selector needs the Python package {exc.name!r} in the "
+                "environment Copier runs in (the template's README, Quick start, installs it)"
+            ) from exc
         literals = importlib.import_module("extensions.literals")
         validation = importlib.import_module("selector.validation")
         environment.filters.update(
