@@ -165,17 +165,20 @@ def kit_choices(node_type: str, variant: str, kind: str, registry: Registry | No
     own = spec.integrations if spec else ()
     choices: dict[str, dict[str, str]] = {}
     for name, kit in registry.integrations.items():
+        label = f"{name}: {kit.summary}"
         if kind == "added":
+            # A kit the variant has stays choosable (as a redundant addition is accepted), so
+            # that an addition stored before a variant switch is not dropped by it.
+            if name in own:
+                label = f"{name} (already in the {variant} variant): {kit.summary}"
             reason = (
-                f"already one of the {variant} variant's kits"
-                if name in own
-                else ""
-                if node_type in kit.node_types
+                ""
+                if name in own or node_type in kit.node_types
                 else f"not for {node_type} nodes (only {', '.join(kit.node_types)})"
             )
         else:
             reason = "" if name in own else f"not one of the {variant} variant's kits"
-        choices[f"{name}: {kit.summary}"] = {"value": name, "validator": reason}
+        choices[label] = {"value": name, "validator": reason}
     return _dump(choices)
 
 

@@ -245,7 +245,9 @@ def kit_delta_problem(
     if question == "kits_added":
         for kit in chosen:
             if kit in own:
-                return f"kits_added: the {variant} variant already has the {kit} kit; {accepted}"
+                # Redundant, and accepted: a stored addition survives a switch to a variant
+                # that has the kit, and comes back into effect if the node switches back.
+                continue
             spec = registry.integrations[kit]
             # A kit another chosen kit requires comes with it, whatever the node type.
             if kind not in spec.node_types and not required_by(kit, chosen, registry):

@@ -341,13 +341,6 @@ def test_good_kit_answers(value: object, question: str, variant: str, node_type:
             "orchestrator",
             ["postgres kit does not support orchestrator", "it comes with workflow"],
         ),
-        (
-            ["postgres"],
-            "kits_added",
-            "database_heavy",
-            "effect",
-            ["the database_heavy variant already has the postgres kit"],
-        ),
         (["kafka", "kafka"], "kits_added", "standard", "effect", ["'kafka' is listed twice"]),
         (
             ["kafka"],
@@ -401,3 +394,9 @@ def test_mixins_must_keep_what_added_kits_import() -> None:
     removal = mixin_delta_problem(["circuit_breaker"], "mixins_removed", "standard", kits=kits)
     assert "circuit_breaker" in removal
     assert mixin_delta_problem(["circuit_breaker"], "mixins_removed", "standard") == ""
+
+
+def test_adding_a_kit_the_variant_has_is_accepted_so_a_variant_switch_keeps_it() -> None:
+    # A node of database_heavy + kafka switched to kafka_heavy keeps its stored addition.
+    assert kit_delta_problem(["kafka"], "kits_added", "kafka_heavy", "effect") == ""
+    assert kit_delta_problem(["postgres"], "kits_added", "database_heavy", "effect") == ""
