@@ -295,6 +295,15 @@ def test_adding_and_removing_a_kit_keeps_the_handlers(tmp_path: Path) -> None:
     run_node_tests(node)
     commit_all(node, "with kafka")
 
+    # A switch to a variant that has the kit and back keeps the person's addition.
+    update(node, "1.0.0", {"variant": "kafka_heavy"})
+    assert yaml.safe_load((node / ".copier-answers.yml").read_text())["kits_added"] == ["kafka"]
+    commit_all(node, "kafka_heavy")
+    update(node, "1.0.0", {"variant": "database_heavy"})
+    assert shipped(node, "ledger", "integrations") == {"postgres", "kafka"}
+    assert "MARKER = 1" in handlers.read_text()
+    commit_all(node, "database_heavy again")
+
     update(node, "1.0.0", {"kits_added": []})
 
     assert "MARKER = 1" in handlers.read_text()
