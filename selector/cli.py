@@ -258,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     console = Console(soft_wrap=True)
     if args.command == "fleet":
-        missing = [str(f) for f in [*args.folders, args.template or Path()] if not f.is_dir()]
+        given = [*args.folders, *([args.template] if args.template else [])]
+        missing = [str(folder) for folder in given if not folder.is_dir()]
         if missing:
             print(f"error: no such folder: {', '.join(missing)}", file=sys.stderr)
             return 2

@@ -166,6 +166,9 @@ def template_releases(template: Path | None = None) -> TemplateReleases:
     """The release tags of ``template`` (default: the repository the selector runs from), in
     PEP 440 order. Tags that are not PEP 440 versions, and pre-, dev- or local versions, are no
     releases."""
+    if template is None and not (TEMPLATE_ROOT / "copier.yml").is_file():
+        # An installed selector: the git repository around it, if any, is not the template's.
+        return TemplateReleases(None, None)
     root = (template or TEMPLATE_ROOT).resolve()
     try:
         listed = subprocess.run(

@@ -279,3 +279,14 @@ def test_a_missing_folder_is_a_usage_error(
     code, _, err = run_fleet(capsys, *make_args(tmp_path))
     assert code == 2
     assert "no such folder" in err
+
+
+def test_by_default_the_releases_are_this_repositorys_tags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_fleet(capsys, str(tmp_path), "--json")
+    assert code == 0
+    template = json.loads(out)["template"]
+    assert template["path"] == str(REPO_ROOT.resolve())
+    tags = template_releases(REPO_ROOT).releases
+    assert template["releases"] == (list(tags) if tags is not None else None)
