@@ -90,6 +90,9 @@ COMPOSED_FOLLOW_UPS = {
     "upstream_events": {"kafka"},
 }
 
+# The longest names for a node composed of several kits (the outbox's examples and tests).
+LONG_NAME_COMPOSED = f"{LONGEST_NAME[:43]}_outbox"
+
 
 def pair_answers(variant: str, node_type: str) -> dict[str, Any]:
     return {
@@ -149,6 +152,14 @@ def rendered_nodes(copie_session: Any) -> dict[str, Path]:
         }
         for name, (node_type, tags, _variant) in COMPOSED.items()
     ]
+    answer_sets.append(
+        {
+            "node_name": LONG_NAME_COMPOSED,
+            "node_type": "effect",
+            "features": COMPOSED["orders_outbox"][1],
+            "operations": LONGEST_OPERATIONS,
+        }
+    )
     nodes: dict[str, Path] = {}
     for answers in answer_sets:
         result = copie_session.copy(extra_answers=answers)
@@ -250,6 +261,14 @@ def test_longest_names_pass_for_kit_variants(
 ) -> None:
     assert len(name) == 50
     check_node(node_python, rendered_nodes[name], mypy_cache)
+
+
+@pytest.mark.render
+def test_longest_names_pass_for_a_composed_node(
+    rendered_nodes: dict[str, Path], node_python: Path, mypy_cache: Path
+) -> None:
+    assert len(LONG_NAME_COMPOSED) == 50
+    check_node(node_python, rendered_nodes[LONG_NAME_COMPOSED], mypy_cache)
 
 
 @pytest.mark.parametrize(
