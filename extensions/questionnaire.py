@@ -82,9 +82,27 @@ def mixin_delta_help(variant: str, kind: str, registry: Registry | None = None) 
     return f"Mixins of the {variant} variant to leave out (its own: {own})"
 
 
-def mixin_choices(registry: Registry | None = None) -> str:
+def mixin_choices(variant: str = "", kind: str = "", registry: Registry | None = None) -> str:
+    """Every mixin as a Copier choice, those the question does not change listed last and
+    labelled: for "added", the variant's own; for "removed", those it lacks.
+
+    They stay choosable rather than disabled: Copier drops a stored answer that has become a
+    disabled choice, so a person's change would be lost on a switch to a variant that has (or
+    lacks) the mixin, and not come back on the way back. Choosing one is harmless.
+    """
     registry = registry or default_registry()
-    return _dump({f"{name}: {about}": name for name, about in registry.mixins.items()})
+    spec = registry.variants.get(variant)
+    own = set(spec.mixins) if spec else set()
+    changes: dict[str, str] = {}
+    no_change: dict[str, str] = {}
+    for name, about in registry.mixins.items():
+        if spec is None or (kind == "added") != (name in own):
+            changes[f"{name}: {about}"] = name
+        elif kind == "added":
+            no_change[f"{name} (already in the {variant} variant): {about}"] = name
+        else:
+            no_change[f"{name} (not in the {variant} variant): {about}"] = name
+    return _dump(changes | no_change)
 
 
 def vocabulary_help(registry: Registry | None = None, width: int = 79) -> str:

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extensions.questionnaire import vocabulary_help
+from extensions.questionnaire import mixin_choices, vocabulary_help
 from selector import default_registry
 from tests.conftest import REPO_ROOT
 from tests.render_helpers import render
@@ -209,3 +209,16 @@ def test_every_module_constant_of_a_node_is_used(tmp_path: Path, variant: str) -
                         for n in ast.walk(ast.parse(source))
                     )
                     assert reads, f"{path.relative_to(node)}: {target.id} is never read"
+
+
+def test_the_mixin_questions_list_the_changes_they_can_make_first() -> None:
+    own = default_registry().get("database_heavy").mixins
+    added = list(yaml.safe_load(mixin_choices("database_heavy", "added")).items())
+    removed = list(yaml.safe_load(mixin_choices("database_heavy", "removed")).items())
+    lacking = [m for m in default_registry().mixins if m not in own]
+    assert [value for _, value in added[: len(lacking)]] == lacking
+    assert all(
+        "already in the database_heavy variant" in label for label, _ in added[len(lacking) :]
+    )
+    assert [value for _, value in removed[: len(own)]] == list(own)
+    assert all("not in the database_heavy variant" in label for label, _ in removed[len(own) :])
