@@ -41,7 +41,7 @@ TRANSITIONS = [
 
 def _transition_figures(workflow: Any, engine: Any, quick: bool) -> dict[str, float]:
     next_state = workflow.next_state
-    count = engine._count  # the engine's per-transition counter (cached labelled child)
+    count = engine.count_transition  # the per-transition counter (cached labelled child)
     repeats = 3 if quick else 7
     number = 200 if quick else 5_000
 

@@ -358,9 +358,13 @@ def test_nodes_from_before_0_2_0_get_their_mixins_answer_migrated(tmp_path: Path
     template = snapshot_template(tmp_path / "template")
     config = template / "copier.yml"
     current = config.read_text()
-    start = current.index("# Stored as changes to the variant's own mixins")
+    # The 0.1.0 questionnaire asked for the mixins themselves, and derived nothing from them.
+    start = current.index("mixins_added:")
     end = current.index("author_name:")
-    config.write_text(current[:start] + OLD_MIXINS_QUESTION + current[end:])
+    derived = current.index("# The variant's mixins with the changes above")
+    derived_end = current.index("# The kits' catalogue entries")
+    old = current[:start] + OLD_MIXINS_QUESTION + current[end:derived] + current[derived_end:]
+    config.write_text(old)
     git(template, "commit", "-q", "-am", "the 0.1.0 questionnaire: a stored mixins list")
     git(template, "tag", "0.1.0")
     chosen = ["structured_logging", "metrics", "tracing"]
