@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
+from selector.kits import requirements
 from selector.models import IntegrationSpec, NodeType
 from selector.registry import Registry
 
@@ -43,18 +44,6 @@ def _for_type(by_type: dict[str, tuple[str, ...]], node_type: NodeType) -> tuple
     return by_type.get(ALL_NODE_TYPES, ()) + by_type.get(node_type.value, ())
 
 
-def _required(kit: str, registry: Registry) -> set[str]:
-    """Every kit ``kit`` needs, directly or through another."""
-    seen: set[str] = set()
-    todo = list(registry.integrations[kit].requires_integrations)
-    while todo:
-        needed = todo.pop()
-        if needed not in seen:
-            seen.add(needed)
-            todo.extend(registry.integrations[needed].requires_integrations)
-    return seen
-
-
 def handler_kit(
     kits: Sequence[str], node_type: NodeType, own_kits: Iterable[str], registry: Registry
 ) -> str:
@@ -66,7 +55,7 @@ def handler_kit(
     for the person's handlers. Without a kit example for this node type, the generic one.
     """
     with_example = [k for k in kits if node_type in registry.integrations[k].examples]
-    needed_by_others = {n for k in with_example for n in _required(k, registry)}
+    needed_by_others = {n for k in with_example for n in requirements(k, registry)}
     candidates = [k for k in with_example if k not in needed_by_others]
     if len(candidates) > 1:
         own = [k for k in candidates if k in set(own_kits)]
@@ -100,7 +89,7 @@ def follow_ups(
     """
     if not chosen or not example_receives_resources(chosen, node_type, registry):
         return ()
-    own = _required(chosen, registry) | {chosen}
+    own = requirements(chosen, registry) | {chosen}
     return tuple(
         k for k in kits if k not in own and node_type in registry.integrations[k].follows_up
     )

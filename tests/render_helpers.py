@@ -105,7 +105,7 @@ def check_node(python: Path, node: Path, mypy_cache: Path) -> None:
 
 
 # The one file of a rendered node allowed to skip, and only where omnibase-core is missing;
-# run_node_tests_on_onex_python runs it for real.
+# the Python 3.12 runs with the onex extra (tests/test_render.py) run it for real.
 ONEX_TESTS = "tests/test_onex.py"
 
 
@@ -124,18 +124,18 @@ def run_node_tests(
     assert may_skip is not None or "skipped" not in summary, result.stdout
 
 
-def make_onex_env(root: Path, python312: str, nodes: Sequence[Path]) -> Path:
-    """A fresh Python 3.12 environment (uv) with each node installed from its own pyproject,
-    with the `dev` and `onex` extras: the real omnibase-core and everything from PyPI."""
-    env_dir = root / "onex-env"
+def make_own_env(root: Path, python: str, node: Path, extras: str) -> Path:
+    """A fresh environment (uv) holding only `node`, installed from its own pyproject with
+    `extras`: what the node does not declare is not there, so a missing dependency fails its
+    checks instead of being lent by another node or by this repository's environment. uv's
+    cache makes each one cheap (it links packages from the cache)."""
+    env_dir = root / f"env-{node.name}"
     uv = [sys.executable, "-m", "uv"]
-    run_checked([*uv, "venv", "--quiet", "--python", python312, str(env_dir)], root)
-    python = env_dir / "bin" / "python"
-    args = [*uv, "pip", "install", "--quiet", "--python", str(python)]
-    for node in nodes:
-        args += ["-e", f"{node}[dev,onex]"]
-    run_checked(args, root, timeout=1800)
-    return python
+    run_checked([*uv, "venv", "--quiet", "--python", python, str(env_dir)], root)
+    env_python = env_dir / "bin" / "python"
+    install = [*uv, "pip", "install", "--quiet", "--python", str(env_python)]
+    run_checked([*install, "-e", f"{node}[{extras}]"], root, timeout=1800)
+    return env_python
 
 
 def free_port() -> int:

@@ -4,6 +4,7 @@ one virtual environment, and run each node's own ruff, mypy and pytest."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from tests.render_helpers import (
     install_nodes,
     kit_modules,
     make_node_env,
-    make_onex_env,
+    make_own_env,
     run_node_tests,
     serving,
     shipped_kits,
@@ -188,12 +189,9 @@ def test_all_24_pairs_are_compatible() -> None:
 @pytest.mark.render
 @pytest.mark.parametrize(("variant", "node_type"), PAIRS, ids=[f"{v}-{t}" for v, t in PAIRS])
 def test_rendered_pair_passes_its_own_checks(
-    variant: str,
-    node_type: str,
-    rendered_nodes: dict[str, Path],
-    node_python: Path,
-    mypy_cache: Path,
+    variant: str, node_type: str, rendered_nodes: dict[str, Path], tmp_path: Path
 ) -> None:
+    """Ruff, mypy and pytest in a fresh environment built only from the node's pyproject."""
     node = rendered_nodes[f"{variant}_{node_type}"]
     spec = REGISTRY.get(variant)
     package = node / "src" / f"{variant}_{node_type}"
@@ -201,13 +199,13 @@ def test_rendered_pair_passes_its_own_checks(
     assert shipped == set(spec.mixins)
     assert shipped_kits(package / "integrations") == set(spec.integrations)
     assert (package / "integrations" / f"{KIT_SUPPORT}.py").is_file() == bool(spec.integrations)
-    check_node(node_python, node, mypy_cache)
+    check_node(make_own_env(tmp_path, sys.executable, node, "dev"), node, tmp_path / "mypy")
 
 
 @pytest.mark.render
 @pytest.mark.parametrize("name", list(COMPOSED))
 def test_a_composed_node_carries_the_recommended_kits_and_passes_its_own_checks(
-    name: str, rendered_nodes: dict[str, Path], node_python: Path, mypy_cache: Path
+    name: str, rendered_nodes: dict[str, Path], tmp_path: Path
 ) -> None:
     node = rendered_nodes[name]
     answers = yaml.safe_load((node / ".copier-answers.yml").read_text(encoding="utf-8"))
@@ -220,7 +218,7 @@ def test_a_composed_node_carries_the_recommended_kits_and_passes_its_own_checks(
     assert {p.stem.removeprefix("test_handlers_then_") for p in follow_up_tests} == (
         COMPOSED_FOLLOW_UPS[name]
     )
-    check_node(node_python, node, mypy_cache)
+    check_node(make_own_env(tmp_path, sys.executable, node, "dev"), node, tmp_path / "mypy")
 
 
 @pytest.mark.render
@@ -369,30 +367,31 @@ def test_docs_page_lists_and_runs_every_operation_offline_in_chromium(
 
 
 @pytest.fixture(scope="session")
-def onex_python(rendered_nodes: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    python312 = os.environ.get("PYTHON312")
-    if not python312:
+def python312() -> str:
+    python = os.environ.get("PYTHON312")
+    if not python:
         pytest.fail("PYTHON312 is not set: scripts/test.sh finds a Python 3.12 and sets it")
-    pairs = [rendered_nodes[f"{variant}_{node_type}"] for variant, node_type in PAIRS]
-    composed = [rendered_nodes[name] for name in COMPOSED]
-    return make_onex_env(tmp_path_factory.mktemp("onex"), python312, pairs + composed)
+    return python
 
 
 @pytest.mark.render
 @pytest.mark.parametrize(("variant", "node_type"), PAIRS, ids=[f"{v}-{t}" for v, t in PAIRS])
 def test_rendered_pair_passes_its_own_tests_on_the_onex_runtime(
-    variant: str, node_type: str, rendered_nodes: dict[str, Path], onex_python: Path
+    variant: str, node_type: str, rendered_nodes: dict[str, Path], python312: str, tmp_path: Path
 ) -> None:
     """Python 3.12 with the `onex` extra: the node's whole suite, its ONEX tests included, and
     nothing skipped."""
     node = rendered_nodes[f"{variant}_{node_type}"]
+    onex_python = make_own_env(tmp_path, python312, node, "dev,onex")
     run_node_tests(onex_python, node, {"PYTHONDONTWRITEBYTECODE": "1"})
 
 
 @pytest.mark.render
 @pytest.mark.parametrize("name", list(COMPOSED))
 def test_a_composed_node_passes_its_own_tests_on_the_onex_runtime(
-    name: str, rendered_nodes: dict[str, Path], onex_python: Path
+    name: str, rendered_nodes: dict[str, Path], python312: str, tmp_path: Path
 ) -> None:
     """Installed from its own pyproject into a fresh environment, with nothing skipped."""
-    run_node_tests(onex_python, rendered_nodes[name], {"PYTHONDONTWRITEBYTECODE": "1"})
+    node = rendered_nodes[name]
+    onex_python = make_own_env(tmp_path, python312, node, "dev,onex")
+    run_node_tests(onex_python, node, {"PYTHONDONTWRITEBYTECODE": "1"})
