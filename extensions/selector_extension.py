@@ -70,6 +70,8 @@ class SelectorExtension(Extension):
         validation = importlib.import_module("selector.validation")
         environment.filters.update(
             python_str=literals.python_str,
+            display_width=literals.display_width,
+            non_ascii=literals.non_ascii,
             toml_str=literals.toml_str,
             yaml_str=literals.yaml_str,
         )

@@ -166,6 +166,31 @@ def test_any_answer_text_survives_rendering(
     assert description in literals
 
 
+@pytest.mark.parametrize(
+    "description",
+    [
+        "Orders \u2013 the team\u2019s \u201cfast\u201d path \U0001f680 \u2014 r\xe9sum\xe9",
+        # 84 characters, 168 columns: only its width takes the line past ruff's limit.
+        "\u65e5\u672c\u8a9e" * 28,
+    ],
+    ids=["punctuation-and-emoji", "wide-characters"],
+)
+def test_printable_text_stays_as_typed_and_passes_ruff(tmp_path: Path, description: str) -> None:
+    node = render(tmp_path / "node", {**BASE, "description": description})
+    node_py = (node / "src" / "sample_node" / "node.py").read_text(encoding="utf-8")
+    assert f'DESCRIPTION = "{description}"' in node_py
+    ruff = [sys.executable, "-m", "ruff"]
+    for command in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):
+        checked = subprocess.run(
+            [*ruff, *command, "src/sample_node/node.py"],
+            cwd=node,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_pyproject_strings_are_plain_toml(tmp_path: Path) -> None:
     """Requirements read as written (`>=`, not JSON's `\\u003e=`), and parse back exactly."""
     node = render(

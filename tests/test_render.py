@@ -101,7 +101,8 @@ def pair_answers(variant: str, node_type: str) -> dict[str, Any]:
         "node_type": node_type,
         "variant": variant,
         "operations": ["fetch_item", "store_item"],
-        "description": f"A {variant} {node_type} node rendered by the template's tests.",
+        # Typographic punctuation, as people paste it: kept as written, and the node's ruff passes.
+        "description": f"A {variant} {node_type} node \u2013 rendered by the template\u2019s tests.",
     }
 
 
