@@ -102,7 +102,7 @@ def pair_answers(variant: str, node_type: str) -> dict[str, Any]:
         "variant": variant,
         "operations": ["fetch_item", "store_item"],
         # Typographic punctuation, as people paste it: kept as written, and the node's ruff passes.
-        "description": f"A {variant} {node_type} node \u2013 rendered by the template\u2019s tests.",
+        "description": f"A {variant} {node_type} node \u2013 the template\u2019s tests render it.",
     }
 
 
