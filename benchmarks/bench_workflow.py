@@ -5,8 +5,8 @@
 event, plus the engine's transition counter); ``transition_uncached_us`` is python-statemachine
 answering the same (a machine built and sent the event), which ``next_state`` memoises.
 
-``workflows_per_s``: the node's operation (``node.fetch_item``), which runs a three-step
-workflow (``validate``, then ``count`` and ``total`` in parallel) persisted in the embedded
+``workflows_per_s``: the node's operation (``node.fetch_item``), which runs a two-step
+workflow (``count`` and ``total`` in parallel) persisted in the embedded
 PostgreSQL: lock, claim, a write per step, unlock. 2,000 instances at concurrency 16.
 """
 
@@ -102,6 +102,6 @@ async def _measure(quick: bool) -> dict[str, float]:
 
 
 def bench_workflow(quick: bool) -> dict[str, float]:
-    """In-memory transition time, and persisted three-step workflows per second."""
+    """In-memory transition time, and persisted two-step workflows per second."""
     with quiet_stdout():
         return asyncio.run(_measure(quick))

@@ -395,38 +395,29 @@ OLD_MIXINS_QUESTION = """mixins:
 """
 
 
-# The last release before the contract moved into the package (tagged 0.3.0 when it landed).
-BEFORE_PACKAGED_CONTRACT = "bffbe38a75e3e8e92f37498314824b03afcc4e53"
-
-
-def test_a_node_from_before_the_packaged_contract_gets_it_and_keeps_its_handlers(
-    tmp_path: Path,
-) -> None:
-    template = tmp_path / "template"
-    template.mkdir()
+def template_at(commit: str, target: Path, tag: str) -> Path:
+    """A git repository holding this template as it was at `commit`, tagged `tag`."""
+    target.mkdir()
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", BEFORE_PACKAGED_CONTRACT],
+        ["git", "archive", "--format=tar", commit],
         cwd=REPO_ROOT,
         capture_output=True,
         check=False,
     )
     assert archive.returncode == 0, (
-        f"this test needs commit {BEFORE_PACKAGED_CONTRACT} in the clone (no shallow clone): "
+        f"this test needs commit {commit} in the clone (no shallow clone): "
         f"{archive.stderr.decode()}"
     )
-    subprocess.run(["tar", "-x", "-C", str(template)], input=archive.stdout, check=True)
-    git(template, "init", "-q", "-b", "main")
-    git(template, "add", "-A")
-    git(template, "commit", "-q", "-m", "template 0.3.0")
-    git(template, "tag", "0.3.0")
-    answers = {"node_name": "ledger", "node_type": "effect", "variant": "database_heavy"}
-    node = scaffold(template, tmp_path / "node", answers, "0.3.0")
-    assert (node / "contract.yaml").exists()
-    handlers = node / "src" / "ledger" / "handlers.py"
-    append(handlers, "\n\n# the person's own code\n")
-    commit_all(node, "the person's work")
-    edited = handlers.read_text()
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    git(target, "init", "-q", "-b", "main")
+    git(target, "add", "-A")
+    git(target, "commit", "-q", "-m", f"template {tag}")
+    git(target, "tag", tag)
+    return target
 
+
+def replace_with_working_tree(template: Path) -> None:
+    """Stage this template's working tree in place of `template`'s files."""
     git(template, "rm", "-q", "-r", ".")
     for name in git(
         REPO_ROOT, "ls-files", "--cached", "--others", "--exclude-standard"
@@ -437,6 +428,25 @@ def test_a_node_from_before_the_packaged_contract_gets_it_and_keeps_its_handlers
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination)
     git(template, "add", "-A")
+
+
+# The last release before the contract moved into the package (tagged 0.3.0 when it landed).
+BEFORE_PACKAGED_CONTRACT = "bffbe38a75e3e8e92f37498314824b03afcc4e53"
+
+
+def test_a_node_from_before_the_packaged_contract_gets_it_and_keeps_its_handlers(
+    tmp_path: Path,
+) -> None:
+    template = template_at(BEFORE_PACKAGED_CONTRACT, tmp_path / "template", "0.3.0")
+    answers = {"node_name": "ledger", "node_type": "effect", "variant": "database_heavy"}
+    node = scaffold(template, tmp_path / "node", answers, "0.3.0")
+    assert (node / "contract.yaml").exists()
+    handlers = node / "src" / "ledger" / "handlers.py"
+    append(handlers, "\n\n# the person's own code\n")
+    commit_all(node, "the person's work")
+    edited = handlers.read_text()
+
+    replace_with_working_tree(template)
     release(template, "0.4.0")
     update(node, "0.4.0")
 
@@ -447,4 +457,37 @@ def test_a_node_from_before_the_packaged_contract_gets_it_and_keeps_its_handlers
     assert handlers.read_text() == edited
     pyproject = (node / "pyproject.toml").read_text()
     assert '[project.entry-points."onex.nodes"]' in pyproject
+    run_node_tests(node)
+
+
+# The last commit whose workflow handlers took an in-memory `Steps` they did not use.
+BEFORE_STEPLESS_WORKFLOW = "a54d698bfd6927d9d61a1462022b231be1db3b1d"
+
+
+def test_workflow_handlers_written_with_steps_lose_them_on_update(tmp_path: Path) -> None:
+    template = template_at(BEFORE_STEPLESS_WORKFLOW, tmp_path / "template", "0.4.0")
+    answers = {
+        "node_name": "saga",
+        "node_type": "orchestrator",
+        "variant": "workflow",
+        "operations": ["place_order"],
+    }
+    node = scaffold(template, tmp_path / "node", answers, "0.4.0")
+    package = node / "src" / "saga"
+    handlers = package / "handlers.py"
+    assert "    steps: Steps,\n" in handlers.read_text()
+    assert (package / "orchestration.py").exists()
+    append(handlers, "\n\n# the person's own code\n")
+    commit_all(node, "the person's work")
+
+    replace_with_working_tree(template)
+    release(template, "0.5.0")
+    update(node, "0.5.0")
+
+    assert not (package / "orchestration.py").exists()
+    text = handlers.read_text()
+    assert "Steps" not in text
+    assert "del steps" not in text
+    assert text.endswith("# the person's own code\n")
+    assert "handlers.place_order(request, self.resources)" in (package / "node.py").read_text()
     run_node_tests(node)
