@@ -486,7 +486,8 @@ def test_workflow_handlers_written_with_steps_lose_them_on_update(tmp_path: Path
 
     assert not (package / "orchestration.py").exists()
     text = handlers.read_text()
-    assert "Steps" not in text
+    assert "orchestration" not in text
+    assert "steps: Steps" not in text
     assert "del steps" not in text
     assert text.endswith("# the person's own code\n")
     assert "handlers.place_order(request, self.resources)" in (package / "node.py").read_text()
