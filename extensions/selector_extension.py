@@ -12,6 +12,8 @@ from jinja2 import Environment, FileSystemBytecodeCache
 from jinja2.ext import Extension
 
 _TEMPLATE_ROOT = str(Path(__file__).resolve().parent.parent)
+# The files Copier renders into a node (`_subdirectory` in copier.yml), named from the root.
+_SUBDIRECTORY = "template/"
 # Packages of this checkout that templates reach (through the modules below).
 _OWN_PACKAGES = ("selector", "extensions")
 
@@ -41,12 +43,32 @@ class _CompiledTemplates(FileSystemBytecodeCache):
 
     def get_cache_key(self, name: str, filename: str | None = None) -> str:
         del filename
-        return super().get_cache_key(f"onex-node-template/{name}")
+        # "formatted/": compiled with what `preprocess` below wraps around the source (the
+        # checksum covers the source only, so a change to that wrapping needs a new prefix).
+        return super().get_cache_key(f"onex-node-template/formatted/{name}")
+
+
+def _formats_as_python(name: str | None) -> bool:
+    """A file of the node written as Python: one of the template's own files (partials are
+    parts of such files), not a kit or mixin module, which nodes get verbatim."""
+    if name is None or not name.startswith(_SUBDIRECTORY):
+        return False
+    parts = name.split("/")
+    verbatim = any(
+        part.endswith(("integrations{% endif %}", "mixins{% endif %}")) for part in parts
+    )
+    return ".py" in parts[-1] and not verbatim
 
 
 class SelectorExtension(Extension):
-    """Adds the ``onex`` namespace (questionnaire, validators, derived answers) and the
-    literal filters."""
+    """Adds the ``onex`` namespace (questionnaire, validators, derived answers), the literal
+    filters, and ruff's layout for every Python file the template renders."""
+
+    def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
+        del filename
+        if _formats_as_python(name):
+            return "{% filter ruff_format %}" + source + "{% endfilter %}"
+        return source
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
@@ -67,8 +89,10 @@ class SelectorExtension(Extension):
                 "environment Copier runs in (the template's README, Quick start, installs it)"
             ) from exc
         literals = importlib.import_module("extensions.literals")
+        formatting = importlib.import_module("extensions.formatting")
         validation = importlib.import_module("selector.validation")
         environment.filters.update(
+            ruff_format=formatting.ruff_format,
             python_str=literals.python_str,
             display_width=literals.display_width,
             non_ascii=literals.non_ascii,
