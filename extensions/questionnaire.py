@@ -82,26 +82,32 @@ def mixin_delta_help(variant: str, kind: str, registry: Registry | None = None) 
     return f"Mixins of the {variant} variant to leave out (its own: {own})"
 
 
-def mixin_choices(variant: str = "", kind: str = "", registry: Registry | None = None) -> str:
-    """Every mixin as a Copier choice, those the question does not change listed last and
-    labelled: for "added", the variant's own; for "removed", those it lacks.
+def mixin_choices(
+    variant: str = "", kind: str = "", kept: Any = None, registry: Registry | None = None
+) -> str:
+    """Every mixin as a Copier choice: those the question can change first, the rest disabled
+    with the reason (for "added", the variant's own; for "removed", those it lacks).
 
-    They stay choosable rather than disabled: Copier drops a stored answer that has become a
-    disabled choice, so a person's change would be lost on a switch to a variant that has (or
-    lacks) the mixin, and not come back on the way back. Choosing one is harmless.
+    ``kept`` is the question's stored answer: its mixins stay choosable whatever the variant.
+    Copier drops a stored answer that has become a disabled choice, so a change made for one
+    variant would otherwise be lost on a switch to a variant that has (or lacks) the mixin, and
+    not come back on the way back.
     """
     registry = registry or default_registry()
     spec = registry.variants.get(variant)
     own = set(spec.mixins) if spec else set()
-    changes: dict[str, str] = {}
-    no_change: dict[str, str] = {}
+    stored = set(kept) if isinstance(kept, list) else set()
+    changes: dict[str, dict[str, str]] = {}
+    no_change: dict[str, dict[str, str]] = {}
     for name, about in registry.mixins.items():
         if spec is None or (kind == "added") != (name in own):
-            changes[f"{name}: {about}"] = name
-        elif kind == "added":
-            no_change[f"{name} (already in the {variant} variant): {about}"] = name
-        else:
-            no_change[f"{name} (not in the {variant} variant): {about}"] = name
+            changes[f"{name}: {about}"] = {"value": name, "validator": ""}
+            continue
+        where = f"{'already in' if kind == 'added' else 'not in'} the {variant} variant"
+        if name in stored:
+            no_change[f"{name} ({where}): {about}"] = {"value": name, "validator": ""}
+        else:  # the prompt shows the reason after the label
+            no_change[f"{name}: {about}"] = {"value": name, "validator": where}
     return _dump(changes | no_change)
 
 

@@ -4,12 +4,16 @@ selector's recommendation becomes the default, and any answer text survives rend
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
+import re
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -236,14 +240,83 @@ def test_every_module_constant_of_a_node_is_used(tmp_path: Path, variant: str) -
                     assert reads, f"{path.relative_to(node)}: {target.id} is never read"
 
 
-def test_the_mixin_questions_list_the_changes_they_can_make_first() -> None:
+def test_the_mixin_questions_disable_the_choices_that_change_nothing() -> None:
     own = default_registry().get("database_heavy").mixins
-    added = list(yaml.safe_load(mixin_choices("database_heavy", "added")).items())
-    removed = list(yaml.safe_load(mixin_choices("database_heavy", "removed")).items())
     lacking = [m for m in default_registry().mixins if m not in own]
-    assert [value for _, value in added[: len(lacking)]] == lacking
-    assert all(
-        "already in the database_heavy variant" in label for label, _ in added[len(lacking) :]
+    added = list(yaml.safe_load(mixin_choices("database_heavy", "added")).values())
+    removed = list(yaml.safe_load(mixin_choices("database_heavy", "removed")).values())
+    assert [c["value"] for c in added if not c["validator"]] == lacking
+    assert {c["validator"] for c in added if c["value"] in own} == {
+        "already in the database_heavy variant"
+    }
+    assert [c["value"] for c in removed if not c["validator"]] == list(own)
+    assert {c["validator"] for c in removed if c["value"] in lacking} == {
+        "not in the database_heavy variant"
+    }
+
+
+def test_a_stored_mixin_change_stays_choosable_under_any_variant() -> None:
+    choices = yaml.safe_load(mixin_choices("production", "added", ["tracing"]))
+    tracing = [c for c in choices.values() if c["value"] == "tracing"]
+    assert tracing == [{"value": "tracing", "validator": ""}]
+
+
+def _prompt_screen(child: pexpect.spawn, question: str) -> list[str]:
+    """The choice lines of the multiselect prompt that asks `question`, as the person sees it."""
+    child.expect(re.escape(question))
+    child.expect("to invert")
+    screen = ""
+    with contextlib.suppress(pexpect.TIMEOUT):  # read until the terminal has been quiet for 2 s
+        while True:
+            screen += child.read_nonblocking(100_000, timeout=2)
+    # The prompt may draw itself again (prompt_toolkit redraws after probing the terminal).
+    last_drawing = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen).rsplit("to invert", 1)[-1]
+    return [line.strip() for line in last_drawing.splitlines()[1:] if line.strip()]
+
+
+def test_the_interactive_mixin_prompts_offer_only_changes(tmp_path: Path) -> None:
+    """Through the real prompt (a terminal, Copier's questionary): "add" offers the mixins the
+    variant lacks, "leave out" only its own; the others are shown disabled with the reason."""
+    registry = default_registry()
+    own = registry.get("database_heavy").mixins
+    lacking = [m for m in registry.mixins if m not in own]
+    data = {
+        "node_name": "orders",
+        "node_type": "effect",
+        "description": "Orders.",
+        "operations": "[fetch]",
+        "features": "[postgres]",
+        "variant": "database_heavy",
+        "kits_added": "[]",
+        "kits_removed": "[]",
+    }
+    args = ["-m", "copier", "copy", "--trust", "--vcs-ref", "HEAD"]
+    for key, value in data.items():
+        args += ["--data", f"{key}={value}"]
+    child = pexpect.spawn(
+        sys.executable,
+        [*args, str(REPO_ROOT), str(tmp_path / "node")],
+        encoding="utf-8",
+        timeout=120,
+        dimensions=(60, 250),
+        env={**os.environ, "TERM": "xterm"},
     )
-    assert [value for _, value in removed[: len(own)]] == list(own)
-    assert all("not in the database_heavy variant" in label for label, _ in removed[len(own) :])
+    try:
+        lines = _prompt_screen(child, "Mixins to add to the database_heavy variant's own")
+        offered = [line.split(":")[0].strip("»○ ") for line in lines if "○" in line]
+        shown_disabled = [line for line in lines if line.startswith("- ")]
+        assert offered == lacking
+        assert [line[2:].split(":")[0] for line in shown_disabled] == list(own)
+        assert all(
+            line.endswith("(already in the database_heavy variant)") for line in shown_disabled
+        )
+        child.send("\r")  # add none
+
+        lines = _prompt_screen(child, "Mixins of the database_heavy variant to leave out")
+        offered = [line.split(":")[0].strip("»○ ") for line in lines if "○" in line]
+        shown_disabled = [line for line in lines if line.startswith("- ")]
+        assert offered == list(own)
+        assert [line[2:].split(":")[0] for line in shown_disabled] == lacking
+        assert all(line.endswith("(not in the database_heavy variant)") for line in shown_disabled)
+    finally:
+        child.terminate(force=True)

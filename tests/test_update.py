@@ -492,3 +492,41 @@ def test_workflow_handlers_written_with_steps_lose_them_on_update(tmp_path: Path
     assert text.endswith("# the person's own code\n")
     assert "handlers.place_order(request, self.resources)" in (package / "node.py").read_text()
     run_node_tests(node)
+
+
+def test_a_mixin_change_survives_a_switch_to_a_variant_that_already_makes_it(
+    tmp_path: Path,
+) -> None:
+    """The mixin questions disable the choices that change nothing, except the stored ones:
+    a disabled stored choice would be dropped, and the change lost on the way back."""
+    template = snapshot_template(tmp_path / "template")
+    answers = {
+        "node_name": "ledger",
+        "node_type": "effect",
+        "variant": "database_heavy",
+        "mixins_added": ["tracing"],
+        "mixins_removed": ["health"],
+    }
+    node = scaffold(template, tmp_path / "node", answers, "1.0.0")
+    stored = node / ".copier-answers.yml"
+
+    update(node, "1.0.0", {"variant": "production"})  # has tracing and health
+    after_switch = yaml.safe_load(stored.read_text())
+    assert (after_switch["mixins_added"], after_switch["mixins_removed"]) == (
+        ["tracing"],
+        ["health"],
+    )
+    assert "tracing" in shipped(node, "ledger", "mixins")
+    assert "health" not in shipped(node, "ledger", "mixins")
+    commit_all(node, "production")
+
+    update(node, "1.0.0", {"variant": "database_heavy"})
+    back = yaml.safe_load(stored.read_text())
+    assert (back["mixins_added"], back["mixins_removed"]) == (["tracing"], ["health"])
+    assert shipped(node, "ledger", "mixins") == {
+        "structured_logging",
+        "metrics",
+        "circuit_breaker",
+        "lifecycle",
+        "tracing",
+    }
