@@ -10,13 +10,12 @@ are formatted alike.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import subprocess
-import sys
 
-RUFF_FORMAT = [
-    sys.executable,
-    "-m",
-    "ruff",
+# The formatter's options: the node's line length and oldest Python, trailing commas ignored.
+OPTIONS = [
     "format",
     "--isolated",
     "--line-length=100",
@@ -28,20 +27,26 @@ RUFF_FORMAT = [
 ]
 
 
+@functools.cache
+def _ruff() -> str:
+    """The ruff binary of the environment Copier runs in, run directly: `python -m ruff` would
+    start an interpreter for each of a node's files."""
+    try:
+        ruff_main = importlib.import_module("ruff.__main__")  # ships no type information
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(
+            "this template lays out the Python it renders with ruff: install it in the "
+            "environment Copier runs in (the template's README, Quick start, does)"
+        ) from exc
+    return str(ruff_main.find_ruff_bin())
+
+
 def ruff_format(source: str) -> str:
     """``source`` as ruff formats it; a rendered file that does not parse fails the render."""
-    try:
-        formatted = subprocess.run(
-            RUFF_FORMAT, input=source, capture_output=True, text=True, check=False, timeout=60
-        )
-    except FileNotFoundError as exc:  # pragma: no cover - sys.executable always exists
-        raise RuntimeError(f"cannot run ruff: {exc}") from exc
+    formatted = subprocess.run(
+        [_ruff(), *OPTIONS], input=source, capture_output=True, text=True, check=False, timeout=60
+    )
     if formatted.returncode != 0:
-        if "No module named ruff" in formatted.stderr:
-            raise RuntimeError(
-                "this template formats the Python it renders with ruff: install it in the "
-                "environment Copier runs in (the template's README, Quick start, does)"
-            )
         raise ValueError(
             f"rendered Python does not parse: {formatted.stderr.strip()}\n{_numbered(source)}"
         )

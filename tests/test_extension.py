@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from jinja2 import DictLoader, Environment
 
+from extensions.formatting import ruff_format
 from extensions.selector_extension import SelectorExtension, _CompiledTemplates
 
 
@@ -56,3 +58,11 @@ def test_templates_reach_the_selector_through_one_namespace() -> None:
         "{{ onex.effective_kits('workflow', [], []) | join(',') }}|{{ 'x' | python_str }}"
     ).render()
     assert rendered == 'postgres,workflow|"x"'
+
+
+def test_rendered_python_is_laid_out_by_ruff_and_broken_python_fails_the_render() -> None:
+    assert ruff_format("def f(\n    a,\n) -> None:\n    g(\n        a,\n    )\n") == (
+        "def f(a) -> None:\n    g(a)\n"
+    )
+    with pytest.raises(ValueError, match=r"does not parse(.|\n)*   2  return handlers\.\("):
+        ruff_format("def f():\n return handlers.(state)\n")
