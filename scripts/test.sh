@@ -41,4 +41,5 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# One worker per core; work stealing evens out the long render tests.
+.venv/bin/python -m pytest -n auto --dist worksteal "$@"

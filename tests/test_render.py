@@ -180,6 +180,8 @@ def node_python(rendered_nodes: dict[str, Path], tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache for every node a test worker checks: their environments differ, but the
+    third-party modules they share are analysed once (mypy validates each entry by content)."""
     return tmp_path_factory.mktemp("mypy-cache")
 
 
@@ -190,7 +192,11 @@ def test_all_24_pairs_are_compatible() -> None:
 @pytest.mark.render
 @pytest.mark.parametrize(("variant", "node_type"), PAIRS, ids=[f"{v}-{t}" for v, t in PAIRS])
 def test_rendered_pair_passes_its_own_checks(
-    variant: str, node_type: str, rendered_nodes: dict[str, Path], tmp_path: Path
+    variant: str,
+    node_type: str,
+    rendered_nodes: dict[str, Path],
+    mypy_cache: Path,
+    tmp_path: Path,
 ) -> None:
     """Ruff, mypy and pytest in a fresh environment built only from the node's pyproject."""
     node = rendered_nodes[f"{variant}_{node_type}"]
@@ -200,13 +206,13 @@ def test_rendered_pair_passes_its_own_checks(
     assert shipped == set(spec.mixins)
     assert shipped_kits(package / "integrations") == set(spec.integrations)
     assert (package / "integrations" / f"{KIT_SUPPORT}.py").is_file() == bool(spec.integrations)
-    check_node(make_own_env(tmp_path, sys.executable, node, "dev"), node, tmp_path / "mypy")
+    check_node(make_own_env(tmp_path, sys.executable, node, "dev"), node, mypy_cache)
 
 
 @pytest.mark.render
 @pytest.mark.parametrize("name", list(COMPOSED))
 def test_a_composed_node_carries_the_recommended_kits_and_passes_its_own_checks(
-    name: str, rendered_nodes: dict[str, Path], tmp_path: Path
+    name: str, rendered_nodes: dict[str, Path], mypy_cache: Path, tmp_path: Path
 ) -> None:
     node = rendered_nodes[name]
     answers = yaml.safe_load((node / ".copier-answers.yml").read_text(encoding="utf-8"))
@@ -219,7 +225,7 @@ def test_a_composed_node_carries_the_recommended_kits_and_passes_its_own_checks(
     assert {p.stem.removeprefix("test_handlers_then_") for p in follow_up_tests} == (
         COMPOSED_FOLLOW_UPS[name]
     )
-    check_node(make_own_env(tmp_path, sys.executable, node, "dev"), node, tmp_path / "mypy")
+    check_node(make_own_env(tmp_path, sys.executable, node, "dev"), node, mypy_cache)
 
 
 @pytest.mark.render
