@@ -66,3 +66,23 @@ def test_rendered_python_is_laid_out_by_ruff_and_broken_python_fails_the_render(
     )
     with pytest.raises(ValueError, match=r"does not parse(.|\n)*   2  return handlers\.\("):
         ruff_format("def f():\n return handlers.(state)\n")
+
+
+def test_each_distinct_string_is_compiled_once_and_renders_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled: list[str] = []
+    original = Environment._parse
+
+    def counting_parse(self: Environment, source: str, name: str | None, filename: str | None):  # type: ignore[no-untyped-def]
+        compiled.append(source)
+        return original(self, source, name, filename)
+
+    monkeypatch.setattr(Environment, "_parse", counting_parse)
+    env = Environment(extensions=[SelectorExtension])
+    for name in ["a", "b", "a"]:
+        assert env.from_string("{{ name }}-{% if name == 'a' %}x{% endif %}").render(name=name) == (
+            f"{name}-{'x' if name == 'a' else ''}"
+        )
+    assert env.from_string("{{ 1 + 1 }}").render() == "2"
+    assert compiled == ["{{ name }}-{% if name == 'a' %}x{% endif %}", "{{ 1 + 1 }}"]
