@@ -9,11 +9,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pexpect
+import pyte
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -261,17 +263,42 @@ def test_a_stored_mixin_change_stays_choosable_under_any_variant() -> None:
     assert tracing == [{"value": "tracing", "validator": ""}]
 
 
-def _prompt_screen(child: pexpect.spawn, question: str) -> list[str]:
-    """The choice lines of the multiselect prompt that asks `question`, as the person sees it."""
+class _Terminal:
+    """What the person sees: pexpect hands every byte the prompt writes to a VT100 emulator,
+    so redraws and cursor moves end up as they would on a screen."""
+
+    def __init__(self, columns: int, rows: int) -> None:
+        self.screen = pyte.Screen(columns, rows)
+        self._stream = pyte.Stream(self.screen)
+
+    def write(self, data: str) -> None:
+        self._stream.feed(data)
+
+    def flush(self) -> None:
+        """pexpect flushes its log file."""
+
+    def choices_under(self, question: str) -> list[str]:
+        lines = [line.rstrip() for line in self.screen.display]
+        asked = max(i for i, line in enumerate(lines) if question in line)
+        return [
+            line.strip() for line in lines[asked + 1 :] if line.strip().startswith(CHOICE_MARKS)
+        ]
+
+
+# How questionary draws a choice: enabled (unselected, selected, under the cursor) or disabled.
+CHOICE_MARKS = ("○", "●", "» ○", "» ●", "- ")
+
+
+def _prompt_choices(
+    child: pexpect.spawn, terminal: _Terminal, question: str, count: int
+) -> list[str]:
+    """The `count` choice lines of the multiselect prompt that asks `question`, once drawn."""
     child.expect(re.escape(question))
-    child.expect("to invert")
-    screen = ""
-    with contextlib.suppress(pexpect.TIMEOUT):  # read until the terminal has been quiet for 2 s
-        while True:
-            screen += child.read_nonblocking(100_000, timeout=2)
-    # The prompt may draw itself again (prompt_toolkit redraws after probing the terminal).
-    last_drawing = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen).rsplit("to invert", 1)[-1]
-    return [line.strip() for line in last_drawing.splitlines()[1:] if line.strip()]
+    deadline = time.monotonic() + 60
+    while len(terminal.choices_under(question)) < count and time.monotonic() < deadline:
+        with contextlib.suppress(pexpect.TIMEOUT):
+            child.read_nonblocking(100_000, timeout=0.5)
+    return terminal.choices_under(question)
 
 
 def test_the_interactive_mixin_prompts_offer_only_changes(tmp_path: Path) -> None:
@@ -293,6 +320,7 @@ def test_the_interactive_mixin_prompts_offer_only_changes(tmp_path: Path) -> Non
     args = ["-m", "copier", "copy", "--trust", "--vcs-ref", "HEAD"]
     for key, value in data.items():
         args += ["--data", f"{key}={value}"]
+    terminal = _Terminal(columns=250, rows=60)
     child = pexpect.spawn(
         sys.executable,
         [*args, str(REPO_ROOT), str(tmp_path / "node")],
@@ -301,21 +329,25 @@ def test_the_interactive_mixin_prompts_offer_only_changes(tmp_path: Path) -> Non
         dimensions=(60, 250),
         env={**os.environ, "TERM": "xterm"},
     )
+    child.logfile_read = terminal
+    count = len(registry.mixins)
     try:
-        lines = _prompt_screen(child, "Mixins to add to the database_heavy variant's own")
+        question = "Mixins to add to the database_heavy variant's own"
+        lines = _prompt_choices(child, terminal, question, count)
         offered = [line.split(":")[0].strip("»○ ") for line in lines if "○" in line]
         shown_disabled = [line for line in lines if line.startswith("- ")]
-        assert offered == lacking
+        assert offered == lacking, terminal.screen.display
         assert [line[2:].split(":")[0] for line in shown_disabled] == list(own)
         assert all(
             line.endswith("(already in the database_heavy variant)") for line in shown_disabled
         )
         child.send("\r")  # add none
 
-        lines = _prompt_screen(child, "Mixins of the database_heavy variant to leave out")
+        question = "Mixins of the database_heavy variant to leave out"
+        lines = _prompt_choices(child, terminal, question, count)
         offered = [line.split(":")[0].strip("»○ ") for line in lines if "○" in line]
         shown_disabled = [line for line in lines if line.startswith("- ")]
-        assert offered == list(own)
+        assert offered == list(own), terminal.screen.display
         assert [line[2:].split(":")[0] for line in shown_disabled] == lacking
         assert all(line.endswith("(not in the database_heavy variant)") for line in shown_disabled)
     finally:
