@@ -42,6 +42,6 @@ fi
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 # One process: the rendered nodes' fault tests kill and restart services against deadlines,
-# and a second pytest worker on a 2-core machine starves them (see benchmarks/README.md's
-# note on the kafka reducer's crash test). `-n auto` works for quicker local runs.
+# and a second pytest worker on a 2-core machine starves them (once, the kafka reducer's crash
+# test folded a batch twice under that load: under investigation). `-n auto` works locally.
 .venv/bin/python -m pytest "$@"
