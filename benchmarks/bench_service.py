@@ -8,6 +8,12 @@ input model and awaits the same handler with the node's resources. A standard ef
 used: its handler does no I/O, so the figure is the service's own cost. The load comes from
 this process: 2,000 POSTs per round, 15 rounds interleaved, at concurrency 16 on a keep-alive
 aiohttp pool.
+
+Client and server share two cores, so throughput is bound by whichever process is busier, and
+a cheap server hides part of its cost behind the client. ``node_cpu_us`` and ``raw_cpu_us`` are
+the server process's own CPU time per request (user plus system, from ``/proc``, summed over
+the rounds), and ``cpu_ratio`` is raw over node: the service layer's cost however the load is
+bound.
 """
 
 from __future__ import annotations
@@ -68,6 +74,14 @@ asyncio.run(main())
 """
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -107,23 +121,34 @@ async def _measure(quick: bool, server: Any, node_port: int, bare_port: int) -> 
             return call
 
         node_call, bare_call = caller(node_url), caller(bare_url)
+        server_cpu = {"node": 0.0, "bare": 0.0}
+
+        async def timed_round(side: str, call: Any) -> Run:
+            cpu = _cpu_seconds(server.pid)
+            run = await run_concurrently(requests, CONCURRENCY, call)
+            server_cpu[side] += _cpu_seconds(server.pid) - cpu
+            return run
 
         async def node_round() -> Run:
-            return await run_concurrently(requests, CONCURRENCY, node_call)
+            return await timed_round("node", node_call)
 
         async def bare_round() -> Run:
-            return await run_concurrently(requests, CONCURRENCY, bare_call)
+            return await timed_round("bare", bare_call)
 
         await run_concurrently(CONCURRENCY * 20, CONCURRENCY, node_call)
         await run_concurrently(CONCURRENCY * 20, CONCURRENCY, bare_call)
         node_runs, bare_runs = await interleaved(rounds, node_round, bare_round)
     node_s = median([run.seconds for run in node_runs])
     bare_s = median([run.seconds for run in bare_runs])
+    node_cpu, bare_cpu = server_cpu["node"], server_cpu["bare"]
     return {
         "node_per_s": round(requests / node_s),
         "raw_per_s": round(requests / bare_s),
         "ratio": paired_ratio([r.seconds for r in node_runs], [r.seconds for r in bare_runs]),
         "p95_ms": round(median([percentile(r.latencies, 95) for r in node_runs]) * 1000, 2),
+        "node_cpu_us": round(node_cpu / (requests * rounds) * 1e6, 1),
+        "raw_cpu_us": round(bare_cpu / (requests * rounds) * 1e6, 1),
+        "cpu_ratio": round(bare_cpu / node_cpu, 3) if node_cpu else 0.0,
     }
 
 

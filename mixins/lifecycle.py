@@ -34,6 +34,8 @@ class Lifecycle:
         self._drained.set()
         self._stopped = asyncio.Event()
         self._drained_in_time = True
+        # Holds no state of its own, so one serves every call.
+        self._admission = InFlightCall(self)
 
     def on_start(self, hook: Hook) -> Hook:
         """Run ``hook`` on start, after those registered before it. Usable as a decorator."""
@@ -70,7 +72,7 @@ class Lifecycle:
     def admit(self) -> InFlightCall:
         """Count a call as in flight for the ``with`` block; refuse it (ShuttingDownError) once
         stopping has begun. Synchronous, so a node's hot path pays no coroutine for it."""
-        return InFlightCall(self)
+        return self._admission
 
     @contextlib.asynccontextmanager
     async def track(self) -> AsyncIterator[None]:
@@ -81,8 +83,9 @@ class Lifecycle:
     def _enter_call(self) -> None:
         if self.phase in (LifecyclePhase.STOPPING, LifecyclePhase.STOPPED):
             raise ShuttingDownError(f"the node is {self.phase.value} and takes no new calls")
+        if not self._in_flight:
+            self._drained.clear()
         self._in_flight += 1
-        self._drained.clear()
 
     def _leave_call(self) -> None:
         self._in_flight -= 1
@@ -119,7 +122,8 @@ class Lifecycle:
 
 
 class InFlightCall:
-    """The ``with`` block of one admitted call (see ``Lifecycle.admit``).
+    """The ``with`` block of an admitted call (see ``Lifecycle.admit``); the count lives in the
+    lifecycle, so one instance serves every call, concurrent ones included.
 
     A class rather than a ``contextlib.contextmanager`` generator: it runs on every operation
     call, and a generator-based context manager costs several times as much.

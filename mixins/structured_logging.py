@@ -6,12 +6,17 @@ import contextvars
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from types import MappingProxyType
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor
 
 _REDACTED = "**********"
+# The fields ``request_context`` binds, in one variable: one set and one reset per call, where
+# structlog's ``bind_contextvars`` sets (and resets) a variable per field.
+_REQUEST_FIELDS: contextvars.ContextVar[Mapping[str, object]] = contextvars.ContextVar(
+    "onex_request_fields", default=MappingProxyType({})
+)
 # Deep enough for `settings=model.model_dump()`; bounded so a cyclic structure cannot recurse.
 _MAX_DEPTH = 4
 
@@ -51,6 +56,12 @@ def _named_print_logger(*args: object) -> NamedPrintLogger:
     return NamedPrintLogger(str(args[0]) if args else "")
 
 
+def _merge_request_fields(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
+    for key, value in _REQUEST_FIELDS.get().items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
 def _add_logger_name(logger: object, _method: str, event_dict: EventDict) -> EventDict:
     name = getattr(logger, "name", "")
     if name:
@@ -69,6 +80,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _merge_request_fields,
             structlog.processors.add_log_level,
             _add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -94,7 +106,7 @@ def get_logger(name: str) -> FilteringBoundLogger:
 def request_context(request_id: str | None = None, **fields: object) -> RequestContext:
     """Bind ``request_id`` (if None, a new random 128-bit id in 32 hex digits) and ``fields``
     to every log line inside the ``with`` block, which gets the id. The previous context is
-    restored on exit."""
+    restored on exit; fields bound with structlog's ``bind_contextvars`` take precedence."""
     # os.urandom rather than uuid4: the same 128 random bits (less the version field) without
     # building a UUID object, which is dear on a path every call takes.
     return RequestContext(os.urandom(16).hex() if request_id is None else request_id, fields)
@@ -107,18 +119,20 @@ class RequestContext:
     call, and a generator-based context manager costs several times as much.
     """
 
-    __slots__ = ("_fields", "_tokens", "request_id")
+    __slots__ = ("_fields", "_token", "request_id")
 
     def __init__(self, request_id: str, fields: dict[str, object]) -> None:
         self.request_id = request_id
         self._fields = fields
-        self._tokens: Mapping[str, contextvars.Token[Any]] = {}
+        self._token: contextvars.Token[Mapping[str, object]] | None = None
 
     def __enter__(self) -> str:
-        self._tokens = structlog.contextvars.bind_contextvars(
-            request_id=self.request_id, **self._fields
+        self._token = _REQUEST_FIELDS.set(
+            {**_REQUEST_FIELDS.get(), "request_id": self.request_id, **self._fields}
         )
         return self.request_id
 
     def __exit__(self, *_exc: object) -> None:
-        structlog.contextvars.reset_contextvars(**self._tokens)
+        if self._token is not None:
+            _REQUEST_FIELDS.reset(self._token)
+            self._token = None

@@ -502,45 +502,15 @@ class HttpClient:
         client_timeout: aiohttp.ClientTimeout,
     ) -> HttpResponse:
         pool, per_host = self._pool_slots, upstream.slots
-        if pool is not None or per_host is not None:
-            try:
-                async with asyncio.timeout(self._pool_timeout_s):
-                    if per_host is not None:
-                        await per_host.acquire()
-                    try:
-                        if pool is not None:
-                            await pool.acquire()
-                    except BaseException:
-                        if per_host is not None:
-                            per_host.release()
-                        raise
-            except TimeoutError:
-                self._m_pool_timeouts.inc()
-                error = PoolTimeoutError(
-                    method, redact_url(url), upstream.host, self._pool_timeout_s
-                )
-                raise RequestNotSent(error) from None
-        try:
-            return await self._send_once(
-                session, upstream, method, url, params, json, headers, client_timeout
-            )
-        finally:
-            if pool is not None:
-                pool.release()
+        if (per_host is not None and per_host.locked()) or (pool is not None and pool.locked()):
+            await self._wait_for_slots(per_host, pool, method, url, upstream.host)
+        else:
+            # A free slot is taken without suspending, so no deadline is armed for it: the
+            # deadline's timer was most of what the pool cost a request that does not wait.
             if per_host is not None:
-                per_host.release()
-
-    async def _send_once(
-        self,
-        session: aiohttp.ClientSession,
-        upstream: UpstreamHost,
-        method: str,
-        url: str,
-        params: Mapping[str, str] | None,
-        json: Any,
-        headers: Mapping[str, str] | None,
-        client_timeout: aiohttp.ClientTimeout,
-    ) -> HttpResponse:
+                await per_host.acquire()
+            if pool is not None:
+                await pool.acquire()
         started = time.perf_counter()
         try:
             async with session.request(
@@ -550,10 +520,40 @@ class HttpClient:
         except (TimeoutError, aiohttp.ClientError):
             upstream.observe(method, "error", time.perf_counter() - started)
             raise
+        finally:
+            if pool is not None:
+                pool.release()
+            if per_host is not None:
+                per_host.release()
         upstream.observe(method, response.status, time.perf_counter() - started)
         if response.status >= 500:
             raise ServerError(response)
         return response
+
+    async def _wait_for_slots(
+        self,
+        per_host: asyncio.Semaphore | None,
+        pool: asyncio.Semaphore | None,
+        method: str,
+        url: str,
+        host: str,
+    ) -> None:
+        """Take a slot per host, then one of the pool, within ``pool_timeout_s``."""
+        try:
+            async with asyncio.timeout(self._pool_timeout_s):
+                if per_host is not None:
+                    await per_host.acquire()
+                try:
+                    if pool is not None:
+                        await pool.acquire()
+                except BaseException:
+                    if per_host is not None:
+                        per_host.release()
+                    raise
+        except TimeoutError:
+            self._m_pool_timeouts.inc()
+            error = PoolTimeoutError(method, redact_url(url), host, self._pool_timeout_s)
+            raise RequestNotSent(error) from None
 
     async def _pause(self, upstream: UpstreamHost, method: str, delay: float) -> None:
         upstream.retried(method)

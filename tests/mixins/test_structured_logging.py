@@ -83,6 +83,20 @@ def test_explicit_id_and_fields_are_bound_and_the_outer_context_is_restored(
     assert "user" not in done
 
 
+def test_fields_bound_with_structlog_take_precedence_and_event_fields_win_over_both(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging()
+    log = get_logger("t")
+    with request_context("r-1", user="ada", step=1):
+        with structlog.contextvars.bound_contextvars(user="grace"):
+            log.info("bound")
+        log.info("event", step=2)
+    bound, event = json_lines(capsys)
+    assert (bound["request_id"], bound["user"], bound["step"]) == ("r-1", "grace", 1)
+    assert (event["user"], event["step"]) == ("ada", 2)
+
+
 async def test_concurrent_tasks_keep_their_own_request_id(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
