@@ -218,7 +218,6 @@ class HttpClient:
         if rate_limit is not None:
             self._rate_limit = MovingWindowRateLimit(
                 rate_limit,
-                key=name,
                 mode=rate_limit_mode,
                 max_wait_s=rate_limit_max_wait_s,
                 waits=self._metrics.rate_limit_waits.labels(name),
@@ -266,8 +265,6 @@ class HttpClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-        if self._rate_limit is not None:
-            self._rate_limit.close()
 
     async def __aenter__(self) -> HttpClient:
         await self.open()
@@ -485,9 +482,9 @@ class HttpClient:
             self._rate_limit.release_unsent()
             raise
         except BaseException:
-            await self._rate_limit.release()
+            self._rate_limit.release()
             raise
-        await self._rate_limit.release()
+        self._rate_limit.release()
         return response
 
     async def _attempt(

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 
 from integrations.http.errors import RateLimitedError
-from integrations.http.rate_limit import MovingWindowRateLimit
+from integrations.http.rate_limit import MovingWindowRateLimit, SlidingLog
 
 SECRET_URL = "http://user:hunter2@h/x?api_key=hunter2"
 
@@ -24,7 +25,6 @@ class Limit:
         self.registry = CollectorRegistry()
         self.limit = MovingWindowRateLimit(
             limit,
-            key="test",
             mode=mode,
             max_wait_s=max_wait_s,
             waits=Counter("waits", "", registry=self.registry),
@@ -37,27 +37,12 @@ class Limit:
         return value
 
 
-@pytest.fixture
-async def limits() -> AsyncIterator[list[Limit]]:
-    made: list[Limit] = []
-    yield made
-    for made_limit in made:
-        made_limit.limit.close()
+def new(limit: str, mode: Literal["wait", "reject"] = "wait", max_wait_s: float = 5.0) -> Limit:
+    return Limit(limit, mode, max_wait_s)
 
 
-def new(
-    limits: list[Limit],
-    limit: str,
-    mode: Literal["wait", "reject"] = "wait",
-    max_wait_s: float = 5.0,
-) -> Limit:
-    made = Limit(limit, mode, max_wait_s)
-    limits.append(made)
-    return made
-
-
-async def test_slots_in_flight_count_against_the_limit(limits: list[Limit]) -> None:
-    made = new(limits, "2/second", "reject")
+async def test_slots_in_flight_count_against_the_limit() -> None:
+    made = new("2/second", "reject")
     await made.limit.acquire("GET", "u")
     await made.limit.acquire("GET", "u")
     assert made.limit.in_flight == 2
@@ -70,10 +55,8 @@ async def test_slots_in_flight_count_against_the_limit(limits: list[Limit]) -> N
     assert made.count("rejections") == 1
 
 
-async def test_a_slot_given_back_unsent_leaves_no_trace_in_the_window(
-    limits: list[Limit],
-) -> None:
-    made = new(limits, "1/second", "reject")
+async def test_a_slot_given_back_unsent_leaves_no_trace_in_the_window() -> None:
+    made = new("1/second", "reject")
     await made.limit.acquire("GET", "u")
     made.limit.release_unsent()
     started = time.monotonic()
@@ -82,23 +65,21 @@ async def test_a_slot_given_back_unsent_leaves_no_trace_in_the_window(
     assert made.count("rejections") == 0
 
 
-async def test_a_completed_request_stays_in_the_window(limits: list[Limit]) -> None:
-    made = new(limits, "1/second", "reject")
+async def test_a_completed_request_stays_in_the_window() -> None:
+    made = new("1/second", "reject")
     await made.limit.acquire("GET", "u")
-    await made.limit.release()
+    made.limit.release()
     assert made.limit.in_flight == 0
     with pytest.raises(RateLimitedError) as refused:
         await made.limit.acquire("GET", "u")
     assert 0 < refused.value.retry_after <= 1.0 + 0.01
 
 
-async def test_waiters_are_admitted_in_arrival_order_when_the_window_moves(
-    limits: list[Limit],
-) -> None:
-    made = new(limits, "2/second")
+async def test_waiters_are_admitted_in_arrival_order_when_the_window_moves() -> None:
+    made = new("2/second")
     for _ in range(2):
         await made.limit.acquire("GET", "u")
-        await made.limit.release()
+        made.limit.release()
     filled = time.monotonic()
     admitted: list[int] = []
 
@@ -112,10 +93,8 @@ async def test_waiters_are_admitted_in_arrival_order_when_the_window_moves(
     assert made.count("waits") == 2
 
 
-async def test_a_waiter_is_woken_when_a_slot_in_flight_is_given_back(
-    limits: list[Limit],
-) -> None:
-    made = new(limits, "1/second")
+async def test_a_waiter_is_woken_when_a_slot_in_flight_is_given_back() -> None:
+    made = new("1/second")
     await made.limit.acquire("GET", "u")
     waiter = asyncio.create_task(made.limit.acquire("GET", "u"))
     await asyncio.sleep(0)  # let it queue
@@ -126,10 +105,10 @@ async def test_a_waiter_is_woken_when_a_slot_in_flight_is_given_back(
     assert time.monotonic() - started < 0.5
 
 
-async def test_a_wait_longer_than_the_maximum_is_refused_at_once(limits: list[Limit]) -> None:
-    made = new(limits, "1/second", "wait", 0.2)
+async def test_a_wait_longer_than_the_maximum_is_refused_at_once() -> None:
+    made = new("1/second", "wait", 0.2)
     await made.limit.acquire("GET", "u")
-    await made.limit.release()
+    made.limit.release()
     started = time.monotonic()
     with pytest.raises(RateLimitedError):
         await made.limit.acquire("GET", "u")
@@ -142,12 +121,69 @@ def test_a_bad_limit_or_mode_is_refused() -> None:
     waits = Counter("waits", "", registry=registry)
     rejections = Counter("rejections", "", registry=registry)
     with pytest.raises(ValueError, match="not in `limits` syntax"):
-        MovingWindowRateLimit("often", key="k", waits=waits, rejections=rejections)
+        MovingWindowRateLimit("often", waits=waits, rejections=rejections)
     with pytest.raises(ValueError, match="'wait' or 'reject'"):
         MovingWindowRateLimit(
             "1/second",
-            key="k",
             mode="sometimes",  # type: ignore[arg-type]
             waits=waits,
             rejections=rejections,
         )
+
+
+# The sliding log on its own, on a clock the test moves (steps exact in binary, so that no
+# rounding blurs a window edge): what it admits is exactly what the promise allows, and the
+# promise holds over every window.
+Step = tuple[str, float]
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("advance"), st.sampled_from([0.0, 0.125, 0.25, 0.5, 0.875, 1.0, 1.75])),
+        st.tuples(st.just("admit"), st.just(0.0)),
+        st.tuples(st.just("complete"), st.just(0.0)),
+        st.tuples(st.just("give_back"), st.just(0.0)),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    amount=st.integers(min_value=1, max_value=4), window_s=st.sampled_from([0.5, 1.0]), ops=steps
+)
+def test_the_sliding_log_admits_exactly_what_keeps_every_window_within_the_limit(
+    amount: int, window_s: float, ops: list[Step]
+) -> None:
+    log = SlidingLog(amount, window_s)
+    now = 0.0
+    completions: list[float] = []  # every completion, as the upstream saw them
+    in_flight = 0
+    for op, value in ops:
+        if op == "advance":
+            now += value
+        elif op == "admit":
+            recent = sum(1 for stamp in completions if stamp > now - window_s)
+            allowed = recent + in_flight < amount
+            assert log.try_admit(now) is allowed, (completions, in_flight, now)
+            in_flight += allowed
+        elif in_flight:
+            if op == "complete":
+                log.complete(now)
+                completions.append(now)
+            else:
+                log.give_back()
+            in_flight -= 1
+        assert log.in_flight == in_flight
+        free_in = log.free_in(now)
+        if free_in is not None:
+            assert 0.0 <= free_in <= window_s
+    # The promise: no half-open window of length window_s holds more than amount completions
+    # (the fullest such window starts at a completion).
+    for start in completions:
+        assert sum(1 for stamp in completions if start <= stamp < start + window_s) <= amount
+
+
+def test_a_limit_needs_a_request_and_a_window() -> None:
+    with pytest.raises(ValueError, match="at least 1 request"):
+        SlidingLog(0, 1.0)
+    with pytest.raises(ValueError, match="positive window"):
+        SlidingLog(1, 0.0)
