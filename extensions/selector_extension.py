@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,8 @@ _TEMPLATE_ROOT = str(Path(__file__).resolve().parent.parent)
 _SUBDIRECTORY = "template/"
 # Packages of this checkout that templates reach (through the modules below).
 _OWN_PACKAGES = ("selector", "extensions")
+# A template that includes a module of these packages copies it into the node as it is.
+_COPIES_A_MODULE = re.compile(r"\{%-?\s*include\s+'(?:mixins|integrations)/[^']+\.py'")
 
 
 def _fresh(module: str) -> ModuleType:
@@ -46,21 +49,18 @@ class _CompiledTemplates(FileSystemBytecodeCache):
 
     def get_cache_key(self, name: str, filename: str | None = None) -> str:
         del filename
-        # "formatted/": compiled with what `preprocess` below wraps around the source (the
+        # "formatted-2/": compiled with what `preprocess` below wraps around the source (the
         # checksum covers the source only, so a change to that wrapping needs a new prefix).
-        return super().get_cache_key(f"onex-node-template/formatted/{name}")
+        return super().get_cache_key(f"onex-node-template/formatted-2/{name}")
 
 
-def _formats_as_python(name: str | None) -> bool:
+def _formats_as_python(name: str | None, source: str) -> bool:
     """A file of the node written as Python: one of the template's own files (partials are
-    parts of such files), not a kit or mixin module, which nodes get verbatim."""
+    parts of such files), not a copy of one of this repository's modules, which nodes get
+    byte for byte (said by its source, an include of the module, not by where it sits)."""
     if name is None or not name.startswith(_SUBDIRECTORY):
         return False
-    parts = name.split("/")
-    verbatim = any(
-        part.endswith(("integrations{% endif %}", "mixins{% endif %}")) for part in parts
-    )
-    return ".py" in parts[-1] and not verbatim
+    return ".py" in name.rpartition("/")[2] and not _COPIES_A_MODULE.search(source)
 
 
 def _compile_strings_once(environment: Environment) -> None:
@@ -94,7 +94,7 @@ class SelectorExtension(Extension):
 
     def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
         del filename
-        if _formats_as_python(name):
+        if _formats_as_python(name, source):
             return "{% filter ruff_format %}" + source + "{% endfilter %}"
         return source
 

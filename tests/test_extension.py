@@ -86,3 +86,32 @@ def test_each_distinct_string_is_compiled_once_and_renders_as_before(
         )
     assert env.from_string("{{ 1 + 1 }}").render() == "2"
     assert compiled == ["{{ name }}-{% if name == 'a' %}x{% endif %}", "{{ 1 + 1 }}"]
+
+
+def test_the_template_s_python_is_formatted_and_copies_of_modules_are_not() -> None:
+    loose = "x = f(\n    a,\n)\n"
+    env = Environment(
+        loader=DictLoader(
+            {
+                "template/src/pkg/node.py.jinja": loose,
+                # A copy is known by its source, wherever it sits and whatever its name.
+                "template/src/pkg/{% if kits %}kits{% endif %}/copy.py.jinja": (
+                    "{% include 'mixins/sample.py' %}"
+                ),
+                "template/tests/{% if x %}local.py{% endif %}.jinja": (
+                    "{%- include 'integrations/sample.py' %}"
+                ),
+                "mixins/sample.py": loose,
+                "integrations/sample.py": loose,
+                "partials/part.py.jinja": loose,
+            }
+        ),
+        extensions=[SelectorExtension],
+        keep_trailing_newline=True,  # as Copier renders
+    )
+    env.bytecode_cache = None  # compile here, not from the user's cache
+    render = {name: env.get_template(name).render() for name in env.list_templates()}
+    assert render["template/src/pkg/node.py.jinja"] == "x = f(a)\n"
+    assert render["template/src/pkg/{% if kits %}kits{% endif %}/copy.py.jinja"] == loose
+    assert render["template/tests/{% if x %}local.py{% endif %}.jinja"] == loose
+    assert render["partials/part.py.jinja"] == loose
