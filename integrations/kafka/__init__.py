@@ -37,6 +37,7 @@ from integrations.kafka.metrics import (
     KafkaMetrics,
 )
 from integrations.kafka.pipeline import (
+    Checkpoint,
     TransactionalPipeline,
     Transform,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "UNKNOWN_OFFSET",
     "BatchDelivery",
     "BatchDeliveryError",
+    "Checkpoint",
     "Compression",
     "Consumer",
     "Delivery",

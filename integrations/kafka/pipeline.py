@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import confluent_kafka as ck
 
@@ -31,10 +31,13 @@ from integrations.kafka.redaction import (
     log,
 )
 
-__all__ = ["TransactionalPipeline", "Transform"]
+__all__ = ["Checkpoint", "TransactionalPipeline", "Transform"]
 
 # What a record becomes: (topic, key, value) of each message to produce.
 Transform = Callable[[Record], Awaitable[Sequence[tuple[str, bytes | None, bytes]]]]
+# The last messages of a batch's transaction, given the offset each partition the batch read
+# resumes at: a snapshot of the state the transforms built, with those positions in it.
+Checkpoint = Callable[[Mapping[tuple[str, int], int]], Sequence[tuple[str, bytes | None, bytes]]]
 
 
 class TransactionalPipeline:
@@ -52,6 +55,13 @@ class TransactionalPipeline:
     so that a committed batch is never processed again. A record whose ``transform`` raises
     goes, inside the same transaction, to the consumer's dead-letter topic if it has one;
     otherwise the transaction is aborted and HandlerError raised.
+
+    A ``checkpoint`` adds, at the end of each batch's transaction, a snapshot of the state the
+    transforms built, holding the offsets the batch resumes at. A processor that starts its
+    consumer at the positions of the last snapshot it reads back (``Consumer``'s ``start_at``)
+    resumes exactly where that state stands, whatever the group's offsets say: state and
+    positions are one message, so they cannot disagree, even on a broker that lets
+    ``read_committed`` readers see an aborted transaction's messages (Tansu 0.6 does).
     """
 
     def __init__(
@@ -63,6 +73,7 @@ class TransactionalPipeline:
         lock: asyncio.Lock | None = None,
         on_abort: Callable[[], Awaitable[None]] | None = None,
         commit_attempts: int = 3,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         """``lock`` is held from the start of each batch's transaction to its end: a producer
         runs one transaction at a time, so another writer on ``producer`` (say, a call that
@@ -80,6 +91,7 @@ class TransactionalPipeline:
         self._timeout_s = transaction_timeout_s
         self.lock = lock or asyncio.Lock()
         self._on_abort = on_abort
+        self._checkpoint = checkpoint
 
     async def run(
         self,
@@ -152,6 +164,9 @@ class TransactionalPipeline:
                     for topic, key, value in outputs:
                         futures.append(await producer.enqueue(topic, value, key=key))
                 offsets[(record.topic, record.partition)] = record.offset + 1
+            if self._checkpoint is not None:
+                for topic, key, value in self._checkpoint(offsets):
+                    futures.append(await producer.enqueue(topic, value, key=key))
             group = await consumer.group_metadata()
             tps = [ck.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
             await self._retrying(
