@@ -60,7 +60,7 @@ class RenderedNode:
         return cls
 
 
-_RENDERED: dict[str, RenderedNode] = {}
+_RENDERED: dict[tuple[str, str], RenderedNode] = {}
 _WORKDIR: list[Path] = []
 
 
@@ -73,14 +73,14 @@ def _workdir() -> Path:
 
 
 def render_node(variant: str, node_type: str) -> RenderedNode:
-    """Render ``variant`` as a ``node_type`` node (once per process and variant) into a temp
-    dir removed at exit, and put its ``src/`` on ``sys.path``."""
-    cached = _RENDERED.get(variant)
+    """Render ``variant`` as a ``node_type`` node (once per process and pair) into a temp dir
+    removed at exit, and put its ``src/`` on ``sys.path``."""
+    cached = _RENDERED.get((variant, node_type))
     if cached is not None:
         return cached
     import copier  # only the benchmarks that render need it
 
-    package = f"bench_{variant}"
+    package = f"bench_{variant}_{node_type}"
     destination = _workdir() / package
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DirtyLocalWarning: the working tree is what we want
@@ -100,7 +100,7 @@ def render_node(variant: str, node_type: str) -> RenderedNode:
         )
     sys.path.insert(0, str(destination / "src"))
     rendered = RenderedNode(package, destination)
-    _RENDERED[variant] = rendered
+    _RENDERED[variant, node_type] = rendered
     return rendered
 
 

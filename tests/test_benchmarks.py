@@ -22,6 +22,8 @@ EXPECTED_KEYS = {
     "analytics": {"aggregate_1000_ms", "percentile_ratio"},
     "workflow": {"transition_us", "workflows_per_s"},
     "service": {"node_per_s", "raw_per_s", "ratio", "p95_ms"},
+    "call_path": {"standard_overhead_us", "production_overhead_us"},
+    "reducer": {"events_per_s", "join_s"},
 }
 
 
