@@ -88,13 +88,13 @@ class Consumer:
         name: str = "kafka",
         registry: CollectorRegistry | None = None,
         dead_letter_producer: Producer | None = None,
-        start_at: Mapping[tuple[str, int], int] | None = None,
+        resume_at: Callable[[], Mapping[tuple[str, int], int]] | None = None,
     ) -> None:
-        """``start_at`` maps (topic, partition) to the offset to read from when this consumer
-        is first assigned that partition, instead of the group's committed offset: for a
-        processor whose state, stored with its own positions, is the record of what it has
-        consumed (``TransactionalPipeline``'s ``checkpoint``). Later assignments of the
-        partition start from the group's committed offset as usual."""
+        """``resume_at``, called at every assignment (on the consumer's thread, between
+        batches), maps (topic, partition) to the offset to read that partition from instead of
+        the group's committed offset; partitions it does not name start at the group's. For a
+        processor whose state, stored with its positions, is the record of what it has
+        consumed (``TransactionalPipeline``'s ``checkpoint``): the group's offsets may lag it."""
         if not topics:
             raise ValueError("topics must not be empty")
         if max_batch < 1:
@@ -118,8 +118,13 @@ class Consumer:
         self._max_batch = max_batch
         self._poll_timeout_s = poll_timeout_s
         self._earliest = auto_offset_reset in ("earliest", "smallest", "beginning")
-        self._start_at = dict(start_at or {})
-        self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy", ""))
+        self._resume_at = resume_at
+        # Incremental (cooperative) rebalancing: the classic protocol's cooperative-sticky
+        # assignor, or the consumer group protocol of KIP-848.
+        self._cooperative = (
+            "cooperative" in str(conf.get("partition.assignment.strategy", ""))
+            or str(conf.get("group.protocol", "")).lower() == "consumer"
+        )
         self.dead_letter_topic = dead_letter_topic
         self.metrics = KafkaMetrics.get(name, registry)
         self._dlq_producer = dead_letter_producer
@@ -448,20 +453,22 @@ class Consumer:
         self._assigned = self._assigned | {(tp.topic, tp.partition) for tp in partitions}
         self._rebalanced = True
         log.info("kafka consumer %s: assigned %s", self._name, _describe(partitions))
-        moved = False
-        for tp in partitions:
-            offset = self._start_at.pop((tp.topic, tp.partition), None)
-            if offset is not None:
-                tp.offset = offset
-                moved = True
+        resume_at = self._resume_at() if self._resume_at is not None else {}
+        moved = [tp for tp in partitions if (tp.topic, tp.partition) in resume_at]
         if moved:
+            for tp in moved:
+                tp.offset = resume_at[tp.topic, tp.partition]
             # Offsets take effect only through an explicit assign in this callback; without
             # one, librdkafka assigns the partitions as they came.
             if self._cooperative:
                 client.incremental_assign(partitions)
             else:
                 client.assign(partitions)
-            log.info("kafka consumer %s: starting at %s", self._name, _describe(partitions))
+            log.info(
+                "kafka consumer %s: resuming at %s",
+                self._name,
+                ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in moved),
+            )
 
     def _on_revoke(self, client: ck.Consumer, partitions: list[ck.TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}

@@ -36,7 +36,8 @@ __all__ = ["Checkpoint", "TransactionalPipeline", "Transform"]
 # What a record becomes: (topic, key, value) of each message to produce.
 Transform = Callable[[Record], Awaitable[Sequence[tuple[str, bytes | None, bytes]]]]
 # The last messages of a batch's transaction, given the offset each partition the batch read
-# resumes at: a snapshot of the state the transforms built, with those positions in it.
+# resumes at (only those partitions: the callee merges them into what it kept): a snapshot of
+# the state the transforms built, with those positions in it.
 Checkpoint = Callable[[Mapping[tuple[str, int], int]], Sequence[tuple[str, bytes | None, bytes]]]
 
 
@@ -49,17 +50,18 @@ class TransactionalPipeline:
     of the commit (a timeout, a coordinator moving) is tried again, up to ``commit_attempts``
     times, in the same transaction. Any other failure aborts the transaction and ``run()``
     raises; the batch stays buffered, so calling ``run()`` again retries it (and a restart
-    re-reads it from the last committed offsets). A producer fenced by a newer one with the
-    same ``transactional_id`` raises ProducerFencedError (nothing to abort: the broker did).
+    re-reads it from the last committed offsets, or the last snapshot's positions). A
+    producer fenced by a newer one with the same ``transactional_id`` raises
+    ProducerFencedError (nothing to abort: the broker did).
     Cancelling ``run()`` during a commit waits for the commit's outcome (it runs on regardless)
     so that a committed batch is never processed again. A record whose ``transform`` raises
     goes, inside the same transaction, to the consumer's dead-letter topic if it has one;
     otherwise the transaction is aborted and HandlerError raised.
 
     A ``checkpoint`` adds, at the end of each batch's transaction, a snapshot of the state the
-    transforms built, holding the offsets the batch resumes at. A processor that starts its
-    consumer at the positions of the last snapshot it reads back (``Consumer``'s ``start_at``)
-    resumes exactly where that state stands, whatever the group's offsets say: state and
+    transforms built, holding the offsets the batch resumes at. A processor whose consumer
+    resumes at the positions of the last snapshot (``Consumer``'s ``resume_at``) goes on
+    exactly where that state stands, whatever the group's offsets say: state and
     positions are one message, so they cannot disagree, even on a broker that lets
     ``read_committed`` readers see an aborted transaction's messages (Tansu 0.6 does).
     """
