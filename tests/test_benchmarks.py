@@ -14,7 +14,7 @@ from tests.conftest import REPO_ROOT
 # The JSON shape of the benchmark issue: each benchmark's figures that must be present.
 EXPECTED_KEYS = {
     "selector": {"p95_us"},
-    "copy": {"template_s", "floor_s", "ratio"},
+    "copy": {"template_s", "floor_s", "ratio", "template_dir_s", "floor_files_s", "files"},
     "database_heavy": {"node_per_s", "raw_per_s", "ratio", "p95_ms"},
     "api_heavy": {"node_per_s", "raw_per_s", "ratio", "p95_ms"},
     "kafka_heavy": {"node_per_s", "raw_per_s", "ratio"},
