@@ -46,7 +46,10 @@ away the connection pool). Per request, in this order:
    repeat and the breaker stops the retries once the upstream is really down.
 
 Final statuses >= 400 raise ``UpstreamStatusError`` (``request(raise_for_status=False)`` returns
-them instead).
+them instead). Redirects are not followed: a 3xx is the response (``get_json`` and
+``post_json`` raise on it), so that everything the upstream receives went through the steps
+above as a request of its own; a redirect followed after a POST had run would otherwise be
+retried as if nothing had been sent.
 
 **Redaction.** A URL may carry credentials (``https://user:password@host``, ``?api_key=...``).
 No URL reaches an error message, an error attribute or a repr unredacted: ``redact_url``

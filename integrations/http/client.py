@@ -14,6 +14,7 @@ from typing import Any, Final, Literal, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
+import yarl
 from prometheus_client import CollectorRegistry
 
 from integrations.http.cache import (
@@ -106,6 +107,14 @@ def _retry_after_s(value: str | None) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+def _parses(url: str) -> bool:
+    try:
+        parsed = yarl.URL(url)
+        return bool(parsed.host) and parsed.port is not None
+    except (TypeError, ValueError):
+        return False
+
+
 def _host_of(url: str) -> str:
     return urlsplit(url).netloc.rpartition("@")[2].lower()
 
@@ -167,6 +176,13 @@ class HttpClient:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(
                 f"base_url must be an http:// or https:// URL, got {redact_url(base_url)!r}"
+            )
+        if not _parses(base_url):
+            # Caught here, not at the first request: aiohttp's error for a URL it cannot
+            # parse is the whole URL, credentials included.
+            raise ValueError(
+                "base_url is not a valid URL (a port out of 0-65535, an unclosed IPv6 "
+                "bracket, no host?); it is not shown, since it may hold credentials"
             )
         if pool_limit < 0 or pool_limit_per_host < 0:
             raise ValueError("pool_limit and pool_limit_per_host must not be negative")
@@ -287,7 +303,7 @@ class HttpClient:
         return str(upstream.breaker.state) if upstream is not None else str(CircuitState.CLOSED)
 
     async def get_json(self, path: str, *, params: Mapping[str, str] | None = None) -> Any:
-        """GET and parse the JSON body (None for an empty one); >= 400 raises."""
+        """GET and parse the JSON body (None for an empty one); >= 400 and 3xx raise."""
         return self._decode("GET", path, await self.request("GET", path, params=params))
 
     async def post_json(
@@ -415,7 +431,12 @@ class HttpClient:
                 if transient and attempt < self._attempts and (idempotent or unsent):
                     await self._pause(upstream, method, self._backoff.delay(attempt))
                     continue
-                cause = scrub(f"{type(exc).__name__}: {exc}", secrets_in(url, params))
+                if isinstance(exc, aiohttp.InvalidURL):
+                    # Its text is the URL, and one that does not parse hides where its
+                    # secrets are: only the class is safe to show.
+                    cause = type(exc).__name__
+                else:
+                    cause = scrub(f"{type(exc).__name__}: {exc}", secrets_in(url, params))
                 error = UpstreamConnectionError(
                     f"{method} {redact_url(url)} failed after {attempt} attempt(s): {cause}",
                     method=method,
@@ -510,8 +531,17 @@ class HttpClient:
                 await pool.acquire()
         started = time.perf_counter()
         try:
+            # Not following redirects: each hop would reach an upstream without its own
+            # attempt, so a POST whose redirect failed would be sent again, and the rate
+            # limit and the breaker would count one request for several.
             async with session.request(
-                method, url, params=params, json=json, headers=headers, timeout=client_timeout
+                method,
+                url,
+                params=params,
+                json=json,
+                headers=headers,
+                timeout=client_timeout,
+                allow_redirects=False,
             ) as resp:
                 response = HttpResponse(resp.status, resp.headers, await resp.read())
         except (TimeoutError, aiohttp.ClientError):
@@ -558,6 +588,15 @@ class HttpClient:
 
     @staticmethod
     def _decode(method: str, path: str, response: HttpResponse) -> Any:
+        if 300 <= response.status < 400:
+            location = response.headers.get("Location")
+            raise HttpError(
+                f"{method} {redact_url(path)} -> HTTP {response.status}: redirects are not "
+                f"followed (Location: {redact_url(location) if location else 'none'}); call "
+                "the URL it names instead",
+                method=method,
+                url=redact_url(path),
+            )
         if not response.body:
             return None
         try:

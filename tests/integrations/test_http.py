@@ -41,7 +41,7 @@ class Upstream:
     gives an HTTP date an hour ahead); ``/hold`` 200 after 50 ms, tracking concurrency;
     ``/gate`` waits for ``gate`` (set at first), then answers like ``/toggle``; ``/leak`` 500
     and ``/leak-text`` 200 (not JSON) echo the request's URL and Authorization header, as a
-    careless upstream's error page might.
+    careless upstream's error page might; ``/redirect/P`` answers 303 to port P.
     """
 
     def __init__(self) -> None:
@@ -84,6 +84,8 @@ class Upstream:
             login = BasicAuth.decode(auth) if auth else None
             echo = f"{request.url} {login.login}:{login.password}" if login else str(request.url)
             return web.Response(status=500 if route == "leak" else 200, text=echo)
+        if route == "redirect":
+            raise web.HTTPSeeOther(f"http://127.0.0.1:{arg}/ok?token=s3cr3t")
         if route == "slow":
             await self.release.wait()
             return web.json_response({"late": True})
@@ -192,6 +194,20 @@ async def test_post_is_not_retried_on_5xx(upstream: Upstream) -> None:
             await client.post_json("/flaky/2", {"x": 1})
     assert caught.value.status == 500
     assert upstream.hits["/flaky/2"] == 1
+
+
+async def test_a_post_that_ran_is_sent_once_whatever_its_redirect_leads_to(
+    upstream: Upstream, dead_port: int
+) -> None:
+    # Followed, the redirect's refused connection would read as "nothing was sent".
+    async with client_for(upstream.url, retry_attempts=3) as client:
+        with pytest.raises(HttpError, match="redirects are not followed") as caught:
+            await client.post_json(f"/redirect/{dead_port}", {"order": 1})
+        response = await client.request("POST", f"/redirect/{dead_port}", json={"order": 2})
+    assert upstream.hits[f"/redirect/{dead_port}"] == 2
+    assert "s3cr3t" not in str(caught.value)
+    assert response.status == 303
+    assert response.headers["Location"].startswith(f"http://127.0.0.1:{dead_port}/")
 
 
 async def test_permanent_5xx_opens_the_breaker_which_fails_fast_then_closes_on_a_probe(
@@ -639,8 +655,17 @@ async def test_credentials_in_the_url_never_reach_errors_reprs_or_logs(
     with pytest.raises(ValueError, match="base_url") as bad:
         HttpClient(f"ftp://svc-user:{PASSWORD}@host/{SECRET_QUERY}")
     said.append(everything_said_about(bad.value))
+    # URLs that do not parse (the port): aiohttp's error for one is the whole URL.
+    unparseable = f"http://svc-user:{PASSWORD}@127.0.0.1:4430443/x{SECRET_QUERY}"
+    with pytest.raises(ValueError, match="not a valid URL") as bad:
+        HttpClient(unparseable)
+    said.append(everything_said_about(bad.value))
+    async with client_for(base, retry_attempts=1) as client:
+        error = await failing(client, "GET", unparseable)
+        assert isinstance(error, UpstreamConnectionError)
+        assert "InvalidUrlClientError" in str(error)
 
-    assert len(said) >= 12
+    assert len(said) >= 14
     assert_no_secret("\n".join(said))
     assert_no_secret(caplog.text)
 
