@@ -52,6 +52,7 @@ import onnxruntime as ort
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from integrations.support import (
+    DependencyUnavailableError,
     MetricsPerRegistry,
 )
 
@@ -124,7 +125,7 @@ class OnnxLoadError(InferenceError):
         self.where = where
 
 
-class InferenceOverloadedError(InferenceError):
+class InferenceOverloadedError(InferenceError, DependencyUnavailableError):
     """``max_queue`` calls are already waiting: this one is refused at once, nothing queued.
     Retry later (an HTTP service answers 503 with Retry-After)."""
 

@@ -54,6 +54,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from integrations.support import (
     Backoff,
+    DependencyUnavailableError,
     MetricsPerRegistry,
     call_with_retries,
 )
@@ -107,7 +108,7 @@ class DatabaseError(Exception):
     """Base of this kit's errors."""
 
 
-class PoolExhaustedError(DatabaseError):
+class PoolExhaustedError(DatabaseError, DependencyUnavailableError):
     """No pooled connection became free within ``acquire_timeout_s``. Not retried: waiting
     longer is what ``acquire_timeout_s`` is for."""
 
@@ -123,7 +124,7 @@ class PoolExhaustedError(DatabaseError):
         self.max_size = max_size
 
 
-class DatabaseUnavailableError(DatabaseError):
+class DatabaseUnavailableError(DatabaseError, DependencyUnavailableError):
     """No connection could be made: the server is down or restarting, or cannot be reached
     (refused, socket file gone, no route, name not resolved). Transient, so the call is
     retried. Its cause is what the connection attempt raised."""

@@ -10,6 +10,9 @@
 - ``call_with_retries``: the first attempt runs as a plain await; only a retryable failure
   builds tenacity's retry machinery, which then takes that failure as its own first attempt
   (tenacity is needed only by kits that call it).
+- ``DependencyUnavailableError`` / ``DependencyTimeoutError``: bases a kit gives its errors
+  that mean "not now, retry later" and "did not answer in time", so that a node answers them
+  as such (503 and 504 from its service) without knowing each kit's classes.
 """
 
 from __future__ import annotations
@@ -34,10 +37,24 @@ T = TypeVar("T")
 
 __all__ = [
     "Backoff",
+    "DependencyTimeoutError",
+    "DependencyUnavailableError",
     "MetricsPerRegistry",
     "MetricsPerRegistryAndName",
     "call_with_retries",
 ]
+
+
+class DependencyUnavailableError(Exception):
+    """A base of the kits' errors that mean "not now": nothing was done, because the
+    dependency's breaker is open or the kit's own bound (rate limit, pool, queue) refused the
+    call. The same call may succeed later."""
+
+
+class DependencyTimeoutError(Exception):
+    """A base of the kits' errors that mean the dependency did not answer in time. Not a
+    ``TimeoutError``: a node's retry policy retries those, and only the kit knows whether the
+    call may run twice (a POST that timed out may have been applied)."""
 
 
 class MetricsPerRegistryAndName(Generic[M]):

@@ -8,6 +8,10 @@ from typing import Final
 from integrations.http.response import (
     HttpResponse,
 )
+from integrations.support import (
+    DependencyTimeoutError,
+    DependencyUnavailableError,
+)
 
 __all__ = [
     "HttpError",
@@ -66,7 +70,7 @@ class UpstreamStatusError(HttpError):
         self.retry_after = retry_after
 
 
-class UpstreamTimeoutError(HttpError):
+class UpstreamTimeoutError(HttpError, DependencyTimeoutError):
     """An attempt took longer than its timeout (the last one, when retried)."""
 
 
@@ -75,7 +79,7 @@ class UpstreamConnectionError(HttpError):
     aiohttp-level refusal such as an invalid URL or a redirect loop)."""
 
 
-class PoolTimeoutError(HttpError):
+class PoolTimeoutError(HttpError, DependencyUnavailableError):
     """No slot of the client's own connection pool came free within ``pool_timeout_s``.
     Nothing was sent, and the upstream is not blamed (its breaker records nothing): the pool
     is too small for the load, or the calls holding it are slow."""
@@ -91,7 +95,7 @@ class PoolTimeoutError(HttpError):
         self.pool_timeout_s = pool_timeout_s
 
 
-class UpstreamUnavailableError(HttpError):
+class UpstreamUnavailableError(HttpError, DependencyUnavailableError):
     """The host's circuit is open (or its half-open probe is in flight); nothing was sent."""
 
     def __init__(self, method: str, url: str, host: str, retry_after: float, reason: str) -> None:
@@ -99,7 +103,7 @@ class UpstreamUnavailableError(HttpError):
         self.retry_after = retry_after
 
 
-class RateLimitedError(HttpError):
+class RateLimitedError(HttpError, DependencyUnavailableError):
     """The client's own rate limit refused the request (reject mode, or too long a wait)."""
 
     def __init__(self, method: str, url: str, limit: str, retry_after: float) -> None:
