@@ -56,7 +56,10 @@ class TransactionalPipeline:
     Cancelling ``run()`` during a commit waits for the commit's outcome (it runs on regardless)
     so that a committed batch is never processed again. A record whose ``transform`` raises
     goes, inside the same transaction, to the consumer's dead-letter topic if it has one;
-    otherwise the transaction is aborted and HandlerError raised.
+    otherwise the transaction is aborted and HandlerError raised. An exception of a type in
+    ``processor_errors`` is the processor's failure, not the record's (its state cannot be
+    read, it is stopping): the transaction is aborted and ``run()`` raises it, nothing is
+    dead-lettered, and the batch is read again by the next run.
 
     A ``checkpoint`` adds, at the end of each batch's transaction, a snapshot of the state the
     transforms built, holding the offsets the batch resumes at. A processor whose consumer
@@ -76,6 +79,7 @@ class TransactionalPipeline:
         on_abort: Callable[[], Awaitable[None]] | None = None,
         commit_attempts: int = 3,
         checkpoint: Checkpoint | None = None,
+        processor_errors: tuple[type[Exception], ...] = (),
     ) -> None:
         """``lock`` is held from the start of each batch's transaction to its end: a producer
         runs one transaction at a time, so another writer on ``producer`` (say, a call that
@@ -94,6 +98,7 @@ class TransactionalPipeline:
         self.lock = lock or asyncio.Lock()
         self._on_abort = on_abort
         self._checkpoint = checkpoint
+        self._processor_errors = processor_errors
 
     async def run(
         self,
@@ -140,14 +145,18 @@ class TransactionalPipeline:
         the commit (which then went through)."""
         consumer, producer = self._consumer, self._producer
         metrics = consumer.metrics
-        await producer.begin_transaction()
         futures: list[asyncio.Future[Delivery]] = []
         dead_lettered: list[str] = []
         try:
+            # Inside the try: cancelled while the client thread begins it, the transaction
+            # is open all the same, and only an abort lets the producer begin another.
+            await producer.begin_transaction()
             offsets: dict[tuple[str, int], int] = {}
             for record in batch:
                 try:
                     outputs = await transform(record)
+                except self._processor_errors:
+                    raise
                 except Exception as exc:
                     metrics.errors.labels(record.topic, "handler").inc()
                     if consumer.dead_letter_topic is None:

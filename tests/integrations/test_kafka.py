@@ -302,6 +302,42 @@ async def test_transactional_processor_aborts_and_raises_when_transform_fails(
     assert committed_offsets(kafka_bootstrap, group, source) == {0: ck.OFFSET_INVALID}
 
 
+async def test_a_processor_error_aborts_the_batch_and_the_next_run_reads_it_again(
+    kafka_bootstrap: str,
+) -> None:
+    source = create_topic(kafka_bootstrap)
+    sink = create_topic(kafka_bootstrap)
+    dlq = create_topic(kafka_bootstrap)
+    values = [b"a", b"b", b"c", b"d"]
+    await produce(kafka_bootstrap, source, values)
+
+    class NotNowError(Exception):
+        """Stands for "the processor cannot work now" (its state unreadable, stopping)."""
+
+    available = False
+
+    async def transform(record: Record) -> list[tuple[str, bytes | None, bytes]]:
+        if record.value == b"c" and not available:
+            raise NotNowError("state cannot be read back")
+        return [(sink, None, record.value)]
+
+    group = unique("group")
+    producer = Producer(kafka_bootstrap, transactional_id=unique("txn"))
+    async with producer:
+        async with consumer(kafka_bootstrap, [source], group_id=group, dead_letter_topic=dlq) as c:
+            pipeline = TransactionalPipeline(c, producer, processor_errors=(NotNowError,))
+            with pytest.raises(NotNowError):
+                await pipeline.run(transform, idle_timeout_s=10)
+        # Not the records' fault: none dead-lettered, no offset committed, nothing produced.
+        assert committed_offsets(kafka_bootstrap, group, source) == {0: ck.OFFSET_INVALID}
+        available = True
+        async with consumer(kafka_bootstrap, [source], group_id=group, dead_letter_topic=dlq) as c:
+            pipeline = TransactionalPipeline(c, producer, processor_errors=(NotNowError,))
+            assert await pipeline.run(transform, max_records=4, idle_timeout_s=10) == 4
+    assert sorted(m.value() or b"" for m in read_topic(kafka_bootstrap, sink, 4)) == values
+    assert read_topic(kafka_bootstrap, dlq, 1, timeout_s=1) == []
+
+
 # Poison messages and crashes ------------------------------------------------------------------
 
 
