@@ -45,11 +45,12 @@ away the connection pool). Per request, in this order:
    ``retry_attempts * timeout_s`` plus waits: a timeout is retried because a GET is safe to
    repeat and the breaker stops the retries once the upstream is really down.
 
-Final statuses >= 400 raise ``UpstreamStatusError`` (``request(raise_for_status=False)`` returns
-them instead). Redirects are not followed: a 3xx is the response (``get_json`` and
-``post_json`` raise on it), so that everything the upstream receives went through the steps
-above as a request of its own; a redirect followed after a POST had run would otherwise be
-retried as if nothing had been sent.
+A response body is read whole, up to ``max_body_bytes`` (10 MiB by default); a longer one raises
+``ResponseTooLargeError`` and its connection is closed. Final statuses >= 400 raise
+``UpstreamStatusError`` (``request(raise_for_status=False)`` returns them instead). Redirects
+are not followed: a 3xx is the response (``get_json`` and ``post_json`` raise on it), so that
+everything the upstream receives went through the steps above as a request of its own; a
+redirect followed after a POST had run would otherwise be retried as if nothing had been sent.
 
 **Redaction.** A URL may carry credentials (``https://user:password@host``, ``?api_key=...``).
 No URL reaches an error message, an error attribute or a repr unredacted: ``redact_url``
@@ -77,6 +78,7 @@ from integrations.http.errors import (
     HttpError,
     PoolTimeoutError,
     RateLimitedError,
+    ResponseTooLargeError,
     UpstreamConnectionError,
     UpstreamStatusError,
     UpstreamTimeoutError,
@@ -99,6 +101,7 @@ __all__ = [
     "HttpResponse",
     "PoolTimeoutError",
     "RateLimitedError",
+    "ResponseTooLargeError",
     "SecretLike",
     "UpstreamConnectionError",
     "UpstreamStatusError",

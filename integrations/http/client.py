@@ -26,6 +26,7 @@ from integrations.http.errors import (
     HttpError,
     PoolTimeoutError,
     RateLimitedError,
+    ResponseTooLargeError,
     UpstreamConnectionError,
     UpstreamStatusError,
     UpstreamTimeoutError,
@@ -170,6 +171,7 @@ class HttpClient:
         registry: CollectorRegistry | None = None,
         default_headers: Mapping[str, str] | None = None,
         error_body_bytes: int = 0,
+        max_body_bytes: int = 10 * 1024 * 1024,
     ) -> None:
         if not isinstance(base_url, str):
             base_url = base_url.get_secret_value()
@@ -190,6 +192,8 @@ class HttpClient:
             raise ValueError("timeout_s, connect_timeout_s and pool_timeout_s must be positive")
         if error_body_bytes < 0:
             raise ValueError(f"error_body_bytes must not be negative, got {error_body_bytes}")
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
         if retry_attempts < 1:
             raise ValueError(f"retry_attempts must be at least 1, got {retry_attempts}")
         if min(retry_initial_backoff_s, retry_max_backoff_s, retry_after_max_s) < 0:
@@ -209,6 +213,7 @@ class HttpClient:
         self._pool_slots = asyncio.Semaphore(pool_limit) if pool_limit else None
         self._pool_timeout_s = pool_timeout_s
         self._error_body_bytes = error_body_bytes
+        self._max_body_bytes = max_body_bytes
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
@@ -543,7 +548,8 @@ class HttpClient:
                 timeout=client_timeout,
                 allow_redirects=False,
             ) as resp:
-                response = HttpResponse(resp.status, resp.headers, await resp.read())
+                body = await self._read_body(resp, method, url, upstream.host)
+                response = HttpResponse(resp.status, resp.headers, body)
         except (TimeoutError, aiohttp.ClientError):
             upstream.observe(method, "error", time.perf_counter() - started)
             raise
@@ -556,6 +562,26 @@ class HttpClient:
         if response.status >= 500:
             raise ServerError(response)
         return response
+
+    async def _read_body(
+        self, resp: aiohttp.ClientResponse, method: str, url: str, host: str
+    ) -> bytes:
+        """The whole body, at most ``max_body_bytes`` of it (else ResponseTooLargeError)."""
+        limit = self._max_body_bytes
+        length = resp.content_length
+        if length is not None and length <= limit:
+            return await resp.read()  # aiohttp reads no more than the declared length
+        if length is None:  # chunked, or until the connection closes: counted as it comes
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
+            else:
+                return b"".join(chunks)
+        raise ResponseTooLargeError(method, redact_url(url), host, limit)
 
     async def _wait_for_slots(
         self,

@@ -17,6 +17,7 @@ __all__ = [
     "HttpError",
     "PoolTimeoutError",
     "RateLimitedError",
+    "ResponseTooLargeError",
     "UpstreamConnectionError",
     "UpstreamStatusError",
     "UpstreamTimeoutError",
@@ -77,6 +78,21 @@ class UpstreamTimeoutError(HttpError, DependencyTimeoutError):
 class UpstreamConnectionError(HttpError):
     """No usable response came back: refused, reset, disconnected, DNS or TLS failure (or an
     aiohttp-level refusal such as an invalid URL or a redirect loop)."""
+
+
+class ResponseTooLargeError(HttpError):
+    """The upstream's body is longer than ``max_body_bytes``: reading stopped there, and the
+    connection was closed rather than drained. Not retried (the same request would get the
+    same body)."""
+
+    def __init__(self, method: str, url: str, host: str, max_body_bytes: int) -> None:
+        super().__init__(
+            f"{method} {url}: the response body is over max_body_bytes={max_body_bytes}",
+            method=method,
+            url=url,
+            host=host,
+        )
+        self.max_body_bytes = max_body_bytes
 
 
 class PoolTimeoutError(HttpError, DependencyUnavailableError):

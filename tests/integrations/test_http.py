@@ -25,6 +25,7 @@ from integrations.http import (
     HttpResponse,
     PoolTimeoutError,
     RateLimitedError,
+    ResponseTooLargeError,
     UpstreamConnectionError,
     UpstreamStatusError,
     UpstreamTimeoutError,
@@ -41,7 +42,8 @@ class Upstream:
     gives an HTTP date an hour ahead); ``/hold`` 200 after 50 ms, tracking concurrency;
     ``/gate`` waits for ``gate`` (set at first), then answers like ``/toggle``; ``/leak`` 500
     and ``/leak-text`` 200 (not JSON) echo the request's URL and Authorization header, as a
-    careless upstream's error page might; ``/redirect/P`` answers 303 to port P.
+    careless upstream's error page might; ``/redirect/P`` answers 303 to port P; ``/big/N``
+    and ``/big-chunked/N`` answer N bytes, with and without a Content-Length.
     """
 
     def __init__(self) -> None:
@@ -84,6 +86,16 @@ class Upstream:
             login = BasicAuth.decode(auth) if auth else None
             echo = f"{request.url} {login.login}:{login.password}" if login else str(request.url)
             return web.Response(status=500 if route == "leak" else 200, text=echo)
+        if route == "big":
+            return web.Response(body=b"x" * int(arg))
+        if route == "big-chunked":
+            streamed = web.StreamResponse()
+            streamed.enable_chunked_encoding()
+            await streamed.prepare(request)
+            for _ in range(int(arg) // 1000):
+                await streamed.write(b"x" * 1000)
+            await streamed.write_eof()
+            return streamed
         if route == "redirect":
             raise web.HTTPSeeOther(f"http://127.0.0.1:{arg}/ok?token=s3cr3t")
         if route == "slow":
@@ -208,6 +220,19 @@ async def test_a_post_that_ran_is_sent_once_whatever_its_redirect_leads_to(
     assert "s3cr3t" not in str(caught.value)
     assert response.status == 303
     assert response.headers["Location"].startswith(f"http://127.0.0.1:{dead_port}/")
+
+
+async def test_a_body_longer_than_max_body_bytes_is_refused_declared_or_chunked(
+    upstream: Upstream,
+) -> None:
+    async with client_for(upstream.url, max_body_bytes=10_000) as client:
+        assert len((await client.request("GET", "/big/10000")).body) == 10_000
+        assert len((await client.request("GET", "/big-chunked/10000")).body) == 10_000
+        for path in ("/big/10001", "/big-chunked/50000"):
+            with pytest.raises(ResponseTooLargeError, match="max_body_bytes=10000"):
+                await client.request("GET", path)
+            assert upstream.hits[path] == 1  # not retried
+        assert (await client.get_json("/ok"))["hits"] == 1  # the client goes on
 
 
 async def test_permanent_5xx_opens_the_breaker_which_fails_fast_then_closes_on_a_probe(
