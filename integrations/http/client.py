@@ -548,7 +548,11 @@ class HttpClient:
                 timeout=client_timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await self._read_body(resp, method, url, upstream.host)
+                length = resp.content_length
+                if length is not None and length <= self._max_body_bytes:
+                    body = await resp.read()  # aiohttp reads no more than the declared length
+                else:
+                    body = await self._read_capped(resp, method, url, upstream.host)
                 response = HttpResponse(resp.status, resp.headers, body)
         except (TimeoutError, aiohttp.ClientError):
             upstream.observe(method, "error", time.perf_counter() - started)
@@ -563,15 +567,13 @@ class HttpClient:
             raise ServerError(response)
         return response
 
-    async def _read_body(
+    async def _read_capped(
         self, resp: aiohttp.ClientResponse, method: str, url: str, host: str
     ) -> bytes:
-        """The whole body, at most ``max_body_bytes`` of it (else ResponseTooLargeError)."""
+        """A body whose declared length is over ``max_body_bytes`` (ResponseTooLargeError), or
+        that declares none (chunked, or until the connection closes): counted as it comes."""
         limit = self._max_body_bytes
-        length = resp.content_length
-        if length is not None and length <= limit:
-            return await resp.read()  # aiohttp reads no more than the declared length
-        if length is None:  # chunked, or until the connection closes: counted as it comes
+        if resp.content_length is None:
             chunks: list[bytes] = []
             size = 0
             async for chunk in resp.content.iter_any():
